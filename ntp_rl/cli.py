@@ -1,0 +1,132 @@
+"""The `ntp-rl` command (also `python -m ntp_rl` and `accelerate launch -m ntp_rl`).
+
+    ntp-rl train RECIPE [key.path=value ...] [--stage NAME] [--new-run] [--smoke]
+    ntp-rl models pull [default|tiny]
+    ntp-rl export runs/<name>/<stage> --out DIR
+
+Exit status: 0 success; 2 bad input (config, paths, data, reward spec), printed as one message
+naming the culprit and no traceback; 1 a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ntp_rl.errors import UserError
+
+logger = logging.getLogger("ntp_rl")
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
+    level = logging.INFO if rank == "0" else logging.WARNING
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:  # per-row "Map" bars of datasets drown the training progress bar
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ntp_rl.config import load_recipe
+    from ntp_rl.pipeline import run_pipeline
+
+    recipe_path = Path(args.recipe)
+    if args.output_dir:
+        args.overrides.append(f"run.output_dir={args.output_dir}")
+    recipe = load_recipe(recipe_path, args.overrides, smoke=args.smoke)
+    run_dir = run_pipeline(recipe, recipe_path, only_stage=args.stage, new_run=args.new_run, smoke=args.smoke)
+    _print_summary(run_dir)
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    import json
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    print(f"\nrun folder: {run_dir}")
+    for name, info in manifest["stages"].items():
+        results = info.get("results", {})
+        shown = {k: v for k, v in results.items() if isinstance(v, (int, float)) and k not in ("seconds",)}
+        seconds = info.get("seconds")
+        timing = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+        numbers = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        print(f"  {name:<14} {info.get('status', '?'):<9}{timing}  {numbers}")
+        summary = results.get("summary")
+        if summary:
+            print("    " + summary.replace("\n", "\n    "))
+
+
+def _cmd_models_pull(args: argparse.Namespace) -> int:
+    from ntp_rl.models import materialise_default, materialise_tiny
+
+    path = materialise_default() if args.name == "default" else materialise_tiny()
+    print(path)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ntp_rl.export import export_stage
+
+    out = export_stage(Path(args.stage_dir), Path(args.out))
+    print(f"exported to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntp-rl", description="SFT, RLHF and RLVR for causal LMs on TRL + PEFT.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run a recipe's stages into runs/<name>/")
+    train.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
+    train.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. stages[0].trainer.max_steps=20")
+    train.add_argument("--stage", help="run only this stage (earlier stages must be complete)")
+    train.add_argument("--output-dir", help="parent folder of run folders (default: run.output_dir)")
+    train.add_argument("--new-run", action="store_true", help="if the run folder holds another config, start NAME-2")
+    train.add_argument("--smoke", action="store_true", help="tiny model, a few steps: check a recipe in seconds")
+    train.set_defaults(func=_cmd_train)
+
+    models = sub.add_parser("models", help="manage built-in models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="materialise a built-in model into the cache and print its folder")
+    pull.add_argument("name", nargs="?", default="default", choices=["default", "tiny"])
+    pull.set_defaults(func=_cmd_models_pull)
+
+    export = sub.add_parser("export", help="merge a stage's adapter into its base; write a plain model folder")
+    export.add_argument("stage_dir", help="a stage folder, e.g. runs/quickstart/rl")
+    export.add_argument("--out", required=True, help="new folder to write (must not exist)")
+    export.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"ntp-rl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ntp-rl: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,455 @@
+"""Recipes: YAML -> one typed, validated `Recipe`, with `a.b.c=value` overrides.
+
+Validation happens once, at load time, and every problem is reported with its full key path
+(`stages[0].trainer.lerning_rate: unknown key; did you mean learning_rate?`) as a `UserError`
+(exit status 2). The `trainer:` mapping of a stage and the `lora:` mapping of the model are not
+copied field by field: they are checked against TRL's own config class (`SFTConfig`, `GRPOConfig`,
+...) and peft's `LoraConfig`, and passed through to them, so TRL and peft stay the source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ntp_rl.errors import UserError
+
+# Trainer arguments the pipeline sets itself: a recipe that sets them would be silently overridden.
+PIPELINE_OWNED_TRAINER_KEYS = {"output_dir": "run.output_dir and the stage name", "seed": "run.seed"}
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSettings(StrictModel):
+    name: str = Field(description="Run folder name under output_dir; letters, digits, '.', '_', '-'.")
+    output_dir: str = "runs"
+    seed: int = 42
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not RUN_NAME_PATTERN.match(value) or ".." in value:
+            raise ValueError("use letters, digits, '.', '_' and '-' only (no '/', no '..')")
+        return value
+
+
+class ModelSettings(StrictModel):
+    name_or_path: str = "default"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    # peft LoraConfig fields, passed through (checked against LoraConfig when the recipe loads).
+    lora: dict[str, Any] = Field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"})
+
+
+class ArithmeticOptions(StrictModel):
+    num_train: int = Field(2000, gt=0)
+    num_test: int = Field(200, gt=0)
+    two_step_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class DataSettings(StrictModel):
+    # `synthetic:arithmetic`, a local .jsonl/.json/.parquet/.csv file, or a hub data set name.
+    source: str = "synthetic:arithmetic"
+    train_split: str = "train"
+    test_split: str = "test"
+    # Hub data sets with several configurations (GSM8K: "main").
+    subset: str | None = None
+    # Our column name -> the source's column name, e.g. {prompt: question}.
+    columns: dict[str, str] = Field(default_factory=dict)
+    # A regex whose first group extracts the gold answer from the answer column (GSM8K: '####\s*(.+)$').
+    answer_pattern: str | None = None
+    # Cap on the number of rows used from each split (None = all).
+    max_train_examples: int | None = Field(None, gt=0)
+    max_test_examples: int | None = Field(None, gt=0)
+    arithmetic: ArithmeticOptions = Field(default_factory=ArithmeticOptions)
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class StageBase(StrictModel):
+    name: str | None = None  # defaults to the kind; must be unique within the recipe
+    trainer: dict[str, Any] = Field(default_factory=dict)
+    data: DataSettings | None = None  # overrides the recipe's `data` for this stage
+
+    @property
+    def stage_name(self) -> str:
+        return self.name or self.kind  # type: ignore[attr-defined]
+
+
+class SftStage(StageBase):
+    kind: Literal["sft"]
+    # Held-out rows on which eval loss is measured before and after training (0 = skip).
+    eval_examples: int = Field(64, ge=0)
+
+
+class RewardSpecSettings(StrictModel):
+    name: str | None = None
+    path: str | None = None
+    weight: float = 1.0
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSpecSettings:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of `name` (a built-in reward) or `path` (module:attr or file.py:attr)")
+        return self
+
+
+class RlStage(StageBase):
+    kind: Literal["rl"]
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    rewards: list[RewardSpecSettings] = Field(default_factory=list)
+    # Stage whose adapter the policy starts from; None = the previous sft stage if there is one.
+    init_from: str | None = None
+
+    @field_validator("rewards")
+    @classmethod
+    def _non_empty(cls, value: list[RewardSpecSettings]) -> list[RewardSpecSettings]:
+        if not value:
+            raise ValueError("an rl stage needs at least one reward, e.g. [{name: math_accuracy}]")
+        return value
+
+
+Stage = Annotated[Union[SftStage, RlStage], Field(discriminator="kind")]  # noqa: UP007
+
+
+class Recipe(StrictModel):
+    run: RunSettings
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    stages: list[Stage]
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> Recipe:
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.stage_name in seen:
+                raise ValueError(f"two stages are named {stage.stage_name!r}; give one of them a `name:`")
+            seen.add(stage.stage_name)
+        if not self.stages:
+            raise ValueError("`stages` is empty; list at least one stage")
+        return self
+
+    def stage_data(self, stage: StageBase) -> DataSettings:
+        return stage.data or self.data
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Error formatting
+
+
+def format_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _suggest(word: str, candidates: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def _model_at(loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
+    """The pydantic model class that owns the key at `loc` (for suggesting field names)."""
+    model: Any = Recipe
+    data = raw
+    for part in loc[:-1]:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+        if isinstance(part, int):
+            continue
+        if part in ("sft", "rl") and model is list:  # discriminator tag in the location
+            model = SftStage if part == "sft" else RlStage
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.List):  # noqa: UP006
+        return list
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    if origin is Annotated:
+        return _inner_model(typing.get_args(annotation)[0])
+    return annotation
+
+
+def _validation_message(error: ValidationError, raw: dict, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        # pydantic inserts the discriminator tag ('sft'/'rl') into stage locations; drop it from the path.
+        shown = tuple(p for i, p in enumerate(loc) if not (i == 2 and loc[0] == "stages" and p in ("sft", "rl")))
+        path = format_path(shown) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(loc, raw)
+            hint = _suggest(str(loc[-1]), owner.model_fields) if owner else ""
+            lines.append(f"{path}: unknown key{hint}")
+        elif item["type"] == "union_tag_invalid":
+            lines.append(f"{path}.kind: must be one of sft, rl (got {item['input'].get('kind')!r})")
+        elif item["type"] == "union_tag_not_found":
+            lines.append(f"{path}: missing `kind:` (one of sft, rl)")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {msg} (got {item.get('input')!r})" if item["type"] != "missing" else f"{path}: {msg}")
+    return f"{source}: invalid recipe:\n  " + "\n  ".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Pass-through argument checks against library dataclasses (TRL configs, peft LoraConfig)
+
+
+def _simple_type_ok(annotation: Any, value: Any) -> bool:
+    """A cheap check of scalars against a dataclass field type; anything complex is left to the library."""
+    if value is None:
+        return True
+    allowed: set[type] = set()
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    for arg in args:
+        if arg is type(None):
+            continue
+        if arg in (int, float, bool, str):
+            allowed.add(arg)
+        else:
+            return True  # lists, dicts, enums, literals: the library validates them
+    if not allowed:
+        return True
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int) and (int in allowed or float in allowed):
+        return True
+    return any(isinstance(value, t) for t in allowed if t is not bool)
+
+
+def check_dataclass_kwargs(cls: type, kwargs: dict[str, Any], path: str) -> None:
+    """Check key names and scalar types of `kwargs` for dataclass `cls`; raise UserError with `path`."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    problems = []
+    for key, value in kwargs.items():
+        if key not in fields:
+            problems.append(f"{path}.{key}: unknown key for {cls.__name__}{_suggest(key, fields)}")
+        elif not _simple_type_ok(hints.get(key, Any), value):
+            expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            problems.append(f"{path}.{key}: expected {expected}, got {type(value).__name__} {value!r}")
+    if problems:
+        raise UserError("\n  ".join(problems))
+
+
+def build_dataclass(cls: type, kwargs: dict[str, Any], path: str, **fixed: Any) -> Any:
+    """Instantiate `cls(**kwargs, **fixed)`, turning the library's own validation errors into UserError."""
+    check_dataclass_kwargs(cls, kwargs, path)
+    try:
+        return cls(**kwargs, **fixed)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: rejected by {cls.__module__}.{cls.__name__}: {exc}") from None
+
+
+def trainer_config_class(stage: StageBase) -> type:
+    if isinstance(stage, SftStage):
+        from trl import SFTConfig
+
+        return SFTConfig
+    if isinstance(stage, RlStage):
+        if stage.algorithm == "rloo":
+            from trl import RLOOConfig
+
+            return RLOOConfig
+        from trl import GRPOConfig
+
+        return GRPOConfig
+    raise TypeError(stage)
+
+
+def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
+    """Check pass-through mappings (lora, trainer) against peft and TRL, with full key paths."""
+    from peft import LoraConfig
+
+    problems: list[str] = []
+    try:
+        build_dataclass(LoraConfig, recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
+    except UserError as exc:
+        problems.append(str(exc))
+    for index, stage in enumerate(recipe.stages):
+        path = f"stages[{index}].trainer"
+        owned = [k for k in stage.trainer if k in PIPELINE_OWNED_TRAINER_KEYS]
+        for key in owned:
+            problems.append(f"{path}.{key}: set by the pipeline from {PIPELINE_OWNED_TRAINER_KEYS[key]}; remove it")
+        cls = trainer_config_class(stage)
+        trainer_kwargs = {k: v for k, v in stage.trainer.items() if k not in owned}
+        try:
+            check_dataclass_kwargs(cls, trainer_kwargs, path)
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError(f"{source}: invalid recipe:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def _parse_override_path(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for token in key.replace("]", "").replace("[", ".").split("."):
+        if token == "":
+            raise UserError(f"override {key!r}: empty key segment; write a.b.c=value")
+        parts.append(int(token) if token.isdigit() else token)
+    return parts
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (`3e-4`, `[a, b]`, `null`)."""
+    if "=" not in override:
+        raise UserError(f"override {override!r}: expected key.path=value (e.g. stages[0].trainer.max_steps=10)")
+    key, _, text = override.partition("=")
+    parts = _parse_override_path(key.strip())
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"override {override!r}: the value is not valid YAML: {exc}") from None
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        here = format_path(parts[: depth + 1])
+        if isinstance(node, list):
+            if isinstance(part, str):  # stages.sft.trainer... selects a stage by name or kind
+                matches = [s for s in node if isinstance(s, dict) and part in (s.get("name"), s.get("kind"))]
+                if len(matches) != 1:
+                    raise UserError(f"override {override!r}: {here}: no single stage named {part!r}")
+                node = matches[0]
+                continue
+            if part >= len(node):
+                raise UserError(f"override {override!r}: {here}: index out of range (the list has {len(node)} items)")
+            node = node[part]
+        elif isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise UserError(f"override {override!r}: {here} is a {type(node).__name__}, not a mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise UserError(f"override {override!r}: {key}: not a valid list index")
+    elif not isinstance(node, dict):
+        raise UserError(f"override {override!r}: {format_path(parts[:-1])} is not a mapping")
+    node[last] = value
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise UserError(f"{path}: no such recipe file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+
+
+# `--smoke`: the whole recipe on the tiny random model with budgets cut to a few steps.
+SMOKE_TRAINER = {
+    "max_steps": 2,
+    "logging_steps": 1,
+    "save_steps": 1000,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "warmup_steps": 0,  # so that two steps really move the weights
+}
+SMOKE_RL_TRAINER = {"num_generations": 2, "max_completion_length": 12, "generation_batch_size": None}
+SMOKE_DATA = {"max_train_examples": 16, "max_test_examples": 4, "arithmetic": {"num_train": 16, "num_test": 4}}
+
+
+def apply_smoke(raw: dict) -> None:
+    """Rewrite a raw recipe in place for `--smoke` (before validation, so the result is validated too)."""
+    run = raw.setdefault("run", {})
+    if isinstance(run, dict) and isinstance(run.get("name"), str):
+        run["name"] = f"{run['name']}-smoke"
+    model = raw.setdefault("model", {})
+    if isinstance(model, dict):
+        model.update({"name_or_path": "tiny", "dtype": "float32"})
+
+    def shrink_data(data: Any) -> None:
+        if isinstance(data, dict):
+            arithmetic = {**(data.get("arithmetic") or {}), **SMOKE_DATA["arithmetic"]}
+            data.update({**SMOKE_DATA, "arithmetic": arithmetic})
+
+    shrink_data(raw.setdefault("data", {}))
+    for stage in raw.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        shrink_data(stage.get("data"))
+        trainer = stage.setdefault("trainer", {})
+        if isinstance(trainer, dict):
+            trainer.update(SMOKE_TRAINER)
+            if stage.get("kind") == "rl":
+                trainer.update(SMOKE_RL_TRAINER)
+        if stage.get("kind") == "sft":
+            stage["eval_examples"] = min(int(stage.get("eval_examples", 4) or 0), 4)
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    check_libraries: bool = True,
+    smoke: bool = False,
+) -> Recipe:
+    """Read, override and validate a recipe. Every problem becomes a UserError naming its key path."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping with run, model, data and stages")
+    for override in overrides:
+        apply_override(raw, override)
+    if smoke:
+        apply_smoke(raw)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_validation_message(exc, raw, str(path))) from None
+    if check_libraries:
+        check_recipe_against_libraries(recipe, str(path))
+    return recipe

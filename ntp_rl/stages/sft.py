@@ -1,0 +1,79 @@
+"""SFT stage: base model + LoRA, trained with TRL's `SFTTrainer` on prompt/completion data.
+
+Loss is on completions only (TRL's default for prompt/completion data). Eval loss on held-out rows
+is measured before and after training, so a run shows what SFT did. Output: `<stage>/adapter/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ntp_rl.config import build_dataclass
+from ntp_rl.data import load_rows, to_sft_format
+from ntp_rl.models import load_causal_lm, load_tokenizer
+from ntp_rl.stages.common import ADAPTER_DIR, METRICS_FILE, JsonlMetricsCallback, StageContext, last_checkpoint
+
+logger = logging.getLogger(__name__)
+
+SFT_DEFAULTS: dict[str, Any] = {
+    "max_steps": 100,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 5,
+    "logging_steps": 5,
+    "save_steps": 50,
+    "save_total_limit": None,
+    "report_to": "none",
+    "max_length": 512,
+}
+
+
+def prepare_sft_data(ctx: StageContext):
+    """Load and check the stage's data (before any model is loaded)."""
+    where = f"stages[{ctx.index}] ({ctx.stage.stage_name})"
+    data = ctx.data
+    train = to_sft_format(load_rows(data, data.train_split, ctx.recipe.run.seed, ctx.recipe_dir), where)
+    held_out = None
+    if ctx.stage.eval_examples:  # type: ignore[attr-defined]
+        rows = load_rows(data, data.test_split, ctx.recipe.run.seed, ctx.recipe_dir)
+        rows = rows.select(range(min(len(rows), ctx.stage.eval_examples)))  # type: ignore[attr-defined]
+        held_out = to_sft_format(rows, where)
+    return train, held_out
+
+
+def run_sft(ctx: StageContext) -> dict[str, Any]:
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    train, held_out = prepare_sft_data(ctx)
+    args = ctx.trainer_args(**SFT_DEFAULTS)
+    lora = build_dataclass(LoraConfig, ctx.recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
+    tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
+    model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, ctx.recipe.model.trust_remote_code)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[JsonlMetricsCallback(ctx.stage_dir / METRICS_FILE)],
+    )
+    results: dict[str, Any] = {"train_rows": len(train)}
+    resume = last_checkpoint(ctx.stage_dir)
+    if held_out is not None and resume is None:
+        results["eval_loss_before"] = trainer.evaluate(metric_key_prefix="before")["before_loss"]
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    results["train_loss"] = train_output.training_loss
+    results["global_step"] = trainer.state.global_step
+    results["resumed_from"] = resume
+    if held_out is not None:
+        results["eval_loss_after"] = trainer.evaluate(metric_key_prefix="after")["after_loss"]
+    if ctx.is_main_process:
+        trainer.model.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR))
+        tokenizer.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR))
+    trainer.accelerator.wait_for_everyone()
+    return results
