@@ -88,26 +88,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ntp-rl", description="SFT, RLHF and RLVR for causal LMs on TRL + PEFT.")
+    parser = argparse.ArgumentParser(
+        prog="ntp-rl", description="SFT, RLHF and RLVR for causal LMs on TRL + PEFT."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run a recipe's stages into runs/<name>/")
     train.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
-    train.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. stages[0].trainer.max_steps=20")
+    train.add_argument(
+        "overrides", nargs="*", help="key.path=value overrides, e.g. stages[0].trainer.max_steps=20"
+    )
     train.add_argument("--stage", help="run only this stage (earlier stages must be complete)")
     train.add_argument("--output-dir", help="parent folder of run folders (default: run.output_dir)")
-    train.add_argument("--new-run", action="store_true", help="if the run folder holds another config, start NAME-2")
-    train.add_argument("--smoke", action="store_true", help="tiny model, a few steps: check a recipe in seconds")
+    train.add_argument(
+        "--new-run", action="store_true", help="if the run folder holds another config, start NAME-2"
+    )
+    train.add_argument(
+        "--smoke", action="store_true", help="tiny model, a few steps: check a recipe in seconds"
+    )
     train.set_defaults(func=_cmd_train)
 
     models = sub.add_parser("models", help="manage built-in models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    pull = models_sub.add_parser("pull", help="materialise a built-in model into the cache and print its folder")
+    pull = models_sub.add_parser(
+        "pull", help="materialise a built-in model into the cache and print its folder"
+    )
     pull.add_argument("name", nargs="?", default="default", choices=["default", "tiny"])
     pull.set_defaults(func=_cmd_models_pull)
 
-    export = sub.add_parser("export", help="merge a stage's adapter into its base; write a plain model folder")
+    export = sub.add_parser(
+        "export", help="merge a stage's adapter into its base; write a plain model folder"
+    )
     export.add_argument("stage_dir", help="a stage folder, e.g. runs/quickstart/rl")
     export.add_argument("--out", required=True, help="new folder to write (must not exist)")
     export.set_defaults(func=_cmd_export)
@@ -124,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ntp-rl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ntp-rl: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        print(
+            "ntp-rl: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr
+        )
         return 130
 
 

@@ -25,7 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ntp_rl.errors import UserError
 
 # Trainer arguments the pipeline sets itself: a recipe that sets them would be silently overridden.
-PIPELINE_OWNED_TRAINER_KEYS = {"output_dir": "run.output_dir and the stage name", "seed": "run.seed"}
+PIPELINE_OWNED_TRAINER_KEYS = {
+    "output_dir": "run.output_dir and the stage name",
+    "seed": "run.seed",
+    "reward_weights": "the `weight` of each entry in the stage's rewards",
+}
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -51,7 +55,9 @@ class ModelSettings(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     # peft LoraConfig fields, passed through (checked against LoraConfig when the recipe loads).
-    lora: dict[str, Any] = Field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"})
+    lora: dict[str, Any] = Field(
+        default_factory=lambda: {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
+    )
 
 
 class ArithmeticOptions(StrictModel):
@@ -113,7 +119,9 @@ class RewardSpecSettings(StrictModel):
     @model_validator(mode="after")
     def _one_source(self) -> RewardSpecSettings:
         if (self.name is None) == (self.path is None):
-            raise ValueError("give exactly one of `name` (a built-in reward) or `path` (module:attr or file.py:attr)")
+            raise ValueError(
+                "give exactly one of `name` (a built-in reward) or `path` (module:attr or file.py:attr)"
+            )
         return self
 
 
@@ -195,7 +203,9 @@ def _model_at(loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
         if part in ("sft", "rl") and model is list:  # discriminator tag in the location
             model = SftStage if part == "sft" else RlStage
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = (
+            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        )
         if field is None:
             return None
         model = _inner_model(field.annotation)
@@ -220,7 +230,9 @@ def _validation_message(error: ValidationError, raw: dict, source: str) -> str:
     for item in error.errors():
         loc = tuple(item["loc"])
         # pydantic inserts the discriminator tag ('sft'/'rl') into stage locations; drop it from the path.
-        shown = tuple(p for i, p in enumerate(loc) if not (i == 2 and loc[0] == "stages" and p in ("sft", "rl")))
+        shown = tuple(
+            p for i, p in enumerate(loc) if not (i == 2 and loc[0] == "stages" and p in ("sft", "rl"))
+        )
         path = format_path(shown) or "(top level)"
         if item["type"] == "extra_forbidden":
             owner = _model_at(loc, raw)
@@ -232,7 +244,11 @@ def _validation_message(error: ValidationError, raw: dict, source: str) -> str:
             lines.append(f"{path}: missing `kind:` (one of sft, rl)")
         else:
             msg = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {msg} (got {item.get('input')!r})" if item["type"] != "missing" else f"{path}: {msg}")
+            lines.append(
+                f"{path}: {msg} (got {item.get('input')!r})"
+                if item["type"] != "missing"
+                else f"{path}: {msg}"
+            )
     return f"{source}: invalid recipe:\n  " + "\n  ".join(lines)
 
 
@@ -240,46 +256,72 @@ def _validation_message(error: ValidationError, raw: dict, source: str) -> str:
 # Pass-through argument checks against library dataclasses (TRL configs, peft LoraConfig)
 
 
-def _simple_type_ok(annotation: Any, value: Any) -> bool:
-    """A cheap check of scalars against a dataclass field type; anything complex is left to the library."""
-    if value is None:
-        return True
+def _scalar_types(annotation: Any) -> set[type] | None:
+    """The scalar types a field accepts, or None when it is not a plain scalar field."""
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (Union, types.UnionType)
+        else (annotation,)
+    )
     allowed: set[type] = set()
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
     for arg in args:
         if arg is type(None):
             continue
-        if arg in (int, float, bool, str):
-            allowed.add(arg)
-        else:
-            return True  # lists, dicts, enums, literals: the library validates them
-    if not allowed:
-        return True
+        if arg not in (int, float, bool, str):
+            return None  # lists, dicts, enums, literals: the library validates them
+        allowed.add(arg)
+    return allowed or None
+
+
+def _coerce_scalar(annotation: Any, value: Any) -> tuple[bool, Any]:
+    """(ok, value) for a scalar against a dataclass field type.
+
+    YAML 1.1 reads `3e-4` as a string; a string that is a number is accepted for a numeric field.
+    """
+    allowed = _scalar_types(annotation)
+    if value is None or allowed is None:
+        return True, value
     if isinstance(value, bool):
-        return bool in allowed
+        return bool in allowed, value
     if isinstance(value, int) and (int in allowed or float in allowed):
-        return True
-    return any(isinstance(value, t) for t in allowed if t is not bool)
+        return True, value
+    if isinstance(value, float) and float in allowed:
+        return True, value
+    if isinstance(value, str):
+        if str in allowed:
+            return True, value
+        if float in allowed:
+            try:
+                return True, float(value)
+            except ValueError:
+                pass
+    return False, value
 
 
-def check_dataclass_kwargs(cls: type, kwargs: dict[str, Any], path: str) -> None:
-    """Check key names and scalar types of `kwargs` for dataclass `cls`; raise UserError with `path`."""
+def check_dataclass_kwargs(cls: type, kwargs: dict[str, Any], path: str) -> dict[str, Any]:
+    """Check key names and scalar types of `kwargs` for dataclass `cls`; raise UserError with `path`.
+
+    Returns the kwargs with numeric strings (`"3e-4"`) converted for numeric fields.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
-    problems = []
+    problems, checked = [], {}
     for key, value in kwargs.items():
         if key not in fields:
             problems.append(f"{path}.{key}: unknown key for {cls.__name__}{_suggest(key, fields)}")
-        elif not _simple_type_ok(hints.get(key, Any), value):
-            expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            continue
+        ok, checked[key] = _coerce_scalar(hints.get(key, Any), value)
+        if not ok:
+            expected = " or ".join(sorted(t.__name__ for t in _scalar_types(hints[key]) or ()))
             problems.append(f"{path}.{key}: expected {expected}, got {type(value).__name__} {value!r}")
     if problems:
         raise UserError("\n  ".join(problems))
+    return checked
 
 
 def build_dataclass(cls: type, kwargs: dict[str, Any], path: str, **fixed: Any) -> Any:
     """Instantiate `cls(**kwargs, **fixed)`, turning the library's own validation errors into UserError."""
-    check_dataclass_kwargs(cls, kwargs, path)
+    kwargs = check_dataclass_kwargs(cls, kwargs, path)
     try:
         return cls(**kwargs, **fixed)
     except (ValueError, TypeError) as exc:
@@ -308,6 +350,7 @@ def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
 
     problems: list[str] = []
     try:
+        recipe.model.lora = check_dataclass_kwargs(LoraConfig, recipe.model.lora, "model.lora")
         build_dataclass(LoraConfig, recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
     except UserError as exc:
         problems.append(str(exc))
@@ -315,11 +358,16 @@ def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
         path = f"stages[{index}].trainer"
         owned = [k for k in stage.trainer if k in PIPELINE_OWNED_TRAINER_KEYS]
         for key in owned:
-            problems.append(f"{path}.{key}: set by the pipeline from {PIPELINE_OWNED_TRAINER_KEYS[key]}; remove it")
+            problems.append(
+                f"{path}.{key}: set by the pipeline from {PIPELINE_OWNED_TRAINER_KEYS[key]}; remove it"
+            )
         cls = trainer_config_class(stage)
         trainer_kwargs = {k: v for k, v in stage.trainer.items() if k not in owned}
         try:
-            check_dataclass_kwargs(cls, trainer_kwargs, path)
+            stage.trainer = {
+                **check_dataclass_kwargs(cls, trainer_kwargs, path),
+                **{k: stage.trainer[k] for k in owned},
+            }
         except UserError as exc:
             problems.append(str(exc))
     if problems:
@@ -342,7 +390,9 @@ def _parse_override_path(key: str) -> list[str | int]:
 def apply_override(raw: dict, override: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (`3e-4`, `[a, b]`, `null`)."""
     if "=" not in override:
-        raise UserError(f"override {override!r}: expected key.path=value (e.g. stages[0].trainer.max_steps=10)")
+        raise UserError(
+            f"override {override!r}: expected key.path=value (e.g. stages[0].trainer.max_steps=10)"
+        )
     key, _, text = override.partition("=")
     parts = _parse_override_path(key.strip())
     try:
@@ -360,7 +410,9 @@ def apply_override(raw: dict, override: str) -> None:
                 node = matches[0]
                 continue
             if part >= len(node):
-                raise UserError(f"override {override!r}: {here}: index out of range (the list has {len(node)} items)")
+                raise UserError(
+                    f"override {override!r}: {here}: index out of range (the list has {len(node)} items)"
+                )
             node = node[part]
         elif isinstance(node, dict):
             if node.get(part) is None:
@@ -400,7 +452,11 @@ SMOKE_TRAINER = {
     "warmup_steps": 0,  # so that two steps really move the weights
 }
 SMOKE_RL_TRAINER = {"num_generations": 2, "max_completion_length": 12, "generation_batch_size": None}
-SMOKE_DATA = {"max_train_examples": 16, "max_test_examples": 4, "arithmetic": {"num_train": 16, "num_test": 4}}
+SMOKE_DATA = {
+    "max_train_examples": 16,
+    "max_test_examples": 4,
+    "arithmetic": {"num_train": 16, "num_test": 4},
+}
 
 
 def apply_smoke(raw: dict) -> None:

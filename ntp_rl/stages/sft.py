@@ -12,7 +12,13 @@ from typing import Any
 from ntp_rl.config import build_dataclass
 from ntp_rl.data import load_rows, to_sft_format
 from ntp_rl.models import load_causal_lm, load_tokenizer
-from ntp_rl.stages.common import ADAPTER_DIR, METRICS_FILE, JsonlMetricsCallback, StageContext, last_checkpoint
+from ntp_rl.stages.common import (
+    ADAPTER_DIR,
+    METRICS_FILE,
+    JsonlMetricsCallback,
+    StageContext,
+    last_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,182 @@
+"""RL stage: GRPO (default) or RLOO through TRL's trainers, with LoRA, scored by reward functions.
+
+The policy starts from the previous SFT stage's adapter when the recipe has one (or `init_from`),
+else from a fresh LoRA adapter on the base. Rewards are resolved from the recipe's specs (built-in
+names or import paths; see rewards/README.md) and wrapped in the run-time error policy. TRL logs
+per-reward means, completion lengths and KL; the stage adds sample completions to `samples.jsonl`.
+Output: `<stage>/adapter/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ntp_rl.config import RlStage, SftStage, build_dataclass
+from ntp_rl.data import load_rows, to_prompt_format
+from ntp_rl.errors import UserError
+from ntp_rl.models import load_causal_lm, load_tokenizer
+from ntp_rl.stages.common import (
+    ADAPTER_DIR,
+    METRICS_FILE,
+    JsonlMetricsCallback,
+    StageContext,
+    last_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+SAMPLES_PER_LOG = 4
+
+RL_DEFAULTS: dict[str, Any] = {
+    "max_steps": 50,
+    "learning_rate": 5e-5,
+    "per_device_train_batch_size": 16,
+    "num_generations": 8,
+    "max_completion_length": 64,
+    "temperature": 1.0,
+    "logging_steps": 1,
+    "save_steps": 25,
+    "save_total_limit": None,
+    "report_to": "none",
+}
+
+
+def resolve_stage_rewards(
+    stage: RlStage, index: int, columns: list[str], recipe_dir: Path, check_data=None
+) -> tuple[list[Any], list[float]]:
+    """Resolve and check every reward spec of a stage; errors name `stages[i].rewards[j]`."""
+    from ntp_rl.rewards.registry import (
+        GuardedReward,
+        RewardSpec,
+        RewardSpecError,
+        check_reward_columns,
+        resolve_reward,
+    )
+
+    functions, weights = [], []
+    for j, settings in enumerate(stage.rewards):
+        where = f"stages[{index}].rewards[{j}]"
+        spec = RewardSpec(**settings.model_dump())
+        try:
+            fn = resolve_reward(spec, base_dir=recipe_dir)
+            check_reward_columns(fn, columns)
+        except RewardSpecError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        if check_data is not None and spec.name == "math_accuracy" and "answer" in columns:
+            from ntp_rl.rewards.math import check_gold_answers
+
+            try:
+                check_gold_answers([str(a) for a in check_data["answer"]])
+            except ValueError as exc:
+                raise UserError(f"{where}: the data's answer column: {exc}") from None
+        name = getattr(fn, "__name__", None) or spec.name or spec.path.rsplit(":", 1)[-1]
+        functions.append(GuardedReward(fn, name=name, on_error=spec.on_error))
+        weights.append(spec.weight)
+    return functions, weights
+
+
+def init_adapter_dir(ctx: StageContext) -> Path | None:
+    """The adapter the policy starts from: `init_from`, else the nearest earlier SFT stage."""
+    stage: RlStage = ctx.stage  # type: ignore[assignment]
+    if stage.init_from is not None:
+        names = [s.stage_name for s in ctx.recipe.stages]
+        if stage.init_from not in names:
+            raise UserError(
+                f"stages[{ctx.index}].init_from: no stage named {stage.init_from!r}; stages: {names}"
+            )
+        return ctx.run_dir / stage.init_from / ADAPTER_DIR
+    for earlier in reversed(ctx.recipe.stages[: ctx.index]):
+        if isinstance(earlier, SftStage):
+            return ctx.run_dir / earlier.stage_name / ADAPTER_DIR
+    return None
+
+
+class SampleLogCallback(TrainerCallback):
+    """Write a few of the latest completions with their rewards to `samples.jsonl` at each log.
+
+    Reads the trainer's completion buffer (the same one TRL prints with `log_completions`); if a TRL
+    version lacks it, sample logging is skipped rather than failing a run.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.trainer = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        buffer = getattr(self.trainer, "_logs", None)
+        if not state.is_world_process_zero or not isinstance(buffer, dict) or not buffer.get("completion"):
+            return
+        prompts, completions = list(buffer["prompt"]), list(buffer["completion"])
+        rewards = {name: list(values) for name, values in buffer.get("rewards", {}).items()}
+        start = max(0, len(completions) - SAMPLES_PER_LOG)
+        with self.path.open("a", encoding="utf-8") as handle:
+            for i in range(start, len(completions)):
+                prompt = prompts[i] if i < len(prompts) else None
+                record = {
+                    "step": state.global_step,
+                    "prompt": prompt[-1]["content"] if isinstance(prompt, list) and prompt else prompt,
+                    "completion": completions[i],
+                    "rewards": {k: v[i] for k, v in rewards.items() if i < len(v)},
+                }
+                handle.write(json.dumps(record, default=str) + "\n")
+
+
+def run_rl(ctx: StageContext) -> dict[str, Any]:
+    from peft import LoraConfig, PeftModel
+
+    stage: RlStage = ctx.stage  # type: ignore[assignment]
+    data = ctx.data
+    where = f"stages[{ctx.index}] ({stage.stage_name})"
+    train = to_prompt_format(load_rows(data, data.train_split, ctx.recipe.run.seed, ctx.recipe_dir), where)
+    reward_funcs, weights = resolve_stage_rewards(stage, ctx.index, train.column_names, ctx.recipe_dir)
+    args = ctx.trainer_args(**RL_DEFAULTS, reward_weights=weights)
+
+    tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
+    model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, ctx.recipe.model.trust_remote_code)
+    adapter = init_adapter_dir(ctx)
+    peft_config = None
+    if adapter is not None:
+        if not (adapter / "adapter_config.json").is_file():
+            raise UserError(
+                f"{where}: the policy starts from {adapter}, which holds no adapter; run that stage first"
+            )
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    else:
+        peft_config = build_dataclass(LoraConfig, ctx.recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
+
+    if stage.algorithm == "rloo":
+        from trl import RLOOTrainer as Trainer
+    else:
+        from trl import GRPOTrainer as Trainer
+    samples = SampleLogCallback(ctx.stage_dir / SAMPLES_FILE)
+    trainer = Trainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[JsonlMetricsCallback(ctx.stage_dir / METRICS_FILE), samples],
+    )
+    samples.trainer = trainer
+    resume = last_checkpoint(ctx.stage_dir)
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    if ctx.is_main_process:
+        trainer.model.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR))
+    trainer.accelerator.wait_for_everyone()
+    return {
+        "algorithm": stage.algorithm,
+        "init_adapter": str(adapter) if adapter else None,
+        "train_rows": len(train),
+        "train_loss": train_output.training_loss,
+        "global_step": trainer.state.global_step,
+        "resumed_from": resume,
+        "reward_names": [f.__name__ for f in reward_funcs],
+    }

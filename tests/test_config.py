@@ -1,0 +1,122 @@
+"""Recipe validation: every bad config is a UserError naming its key path, with a suggestion."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ntp_rl.config import apply_override, load_recipe
+from ntp_rl.errors import UserError
+
+GOOD = {"run": {"name": "t"}, "stages": [{"kind": "sft", "trainer": {"max_steps": 3}}]}
+
+
+def _write(tmp_path, recipe) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe if isinstance(recipe, str) else yaml.safe_dump(recipe))
+    return str(path)
+
+
+def test_good_recipe_loads_with_types(tmp_path):
+    recipe = load_recipe(_write(tmp_path, GOOD))
+    assert recipe.stages[0].kind == "sft"
+    assert recipe.stages[0].trainer == {"max_steps": 3}
+    assert recipe.model.name_or_path == "default"
+    assert recipe.run.seed == 42
+
+
+BAD_CASES = [
+    # (recipe or YAML text, overrides, expected fragments of the message)
+    (
+        {**GOOD, "stages": [{"kind": "sft", "trainer": {"lerning_rate": 1e-4}}]},
+        [],
+        ["stages[0].trainer.lerning_rate", "did you mean learning_rate"],
+    ),
+    ({**GOOD, "run": {"name": "t", "sed": 1}}, [], ["run.sed", "did you mean seed"]),
+    (
+        {**GOOD, "model": {"name_or_path": "tiny", "dtyp": "float32"}},
+        [],
+        ["model.dtyp", "did you mean dtype"],
+    ),
+    ({**GOOD, "model": {"lora": {"rr": 8}}}, [], ["model.lora.rr", "did you mean r"]),
+    ({**GOOD, "model": {"dtype": "float64"}}, [], ["model.dtype"]),
+    ({**GOOD, "data": {"sorce": "x"}}, [], ["data.sorce", "did you mean source"]),
+    (
+        {**GOOD, "stages": [{"kind": "sft", "trainer": {"max_steps": "many"}}]},
+        [],
+        ["stages[0].trainer.max_steps", "int"],
+    ),
+    (
+        {**GOOD, "stages": [{"kind": "sft", "trainer": {"seed": 3}}]},
+        [],
+        ["stages[0].trainer.seed", "run.seed"],
+    ),
+    ({**GOOD, "stages": [{"kind": "dpo"}]}, [], ["stages[0].kind"]),
+    ({**GOOD, "stages": [{"trainer": {}}]}, [], ["stages[0]", "kind"]),
+    ({**GOOD, "stages": []}, [], ["stages"]),
+    ({**GOOD, "stages": [{"kind": "sft"}, {"kind": "sft"}]}, [], ["two stages are named 'sft'"]),
+    ({**GOOD, "stages": [{"kind": "rl", "rewards": []}]}, [], ["stages[0].rewards", "at least one reward"]),
+    ({**GOOD, "stages": [{"kind": "rl", "rewards": [{"weight": 1}]}]}, [], ["stages[0].rewards[0]", "name"]),
+    (
+        {**GOOD, "stages": [{"kind": "rl", "rewards": [{"name": "x"}], "trainer": {"num_generatons": 4}}]},
+        [],
+        ["stages[0].trainer.num_generatons", "did you mean num_generations"],
+    ),
+    ({**GOOD, "run": {"name": "../escape"}}, [], ["run.name"]),
+    ({"stages": GOOD["stages"]}, [], ["run", "Field required"]),
+    ("run: {name: t\nstages: [", [], ["not valid YAML"]),
+    ("- just\n- a list\n", [], ["YAML mapping"]),
+    (
+        GOOD,
+        ["stages[0].trainer.lerning_rate=3"],
+        ["stages[0].trainer.lerning_rate", "did you mean learning_rate"],
+    ),
+    (GOOD, ["stages[5].trainer.max_steps=3"], ["index out of range"]),
+    (GOOD, ["no_equals_sign"], ["expected key.path=value"]),
+    (GOOD, ["run.name.x=1"], ["run.name", "not a mapping"]),
+    (GOOD, ["model.dtype=[unclosed"], ["not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize(("recipe", "overrides", "fragments"), BAD_CASES)
+def test_bad_recipes_name_their_key(tmp_path, recipe, overrides, fragments):
+    with pytest.raises(UserError) as info:
+        load_recipe(_write(tmp_path, recipe), overrides)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(UserError, match="no such recipe file"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_overrides_parse_yaml_values_and_select_stage_by_name(tmp_path):
+    path = _write(tmp_path, GOOD)
+    recipe = load_recipe(
+        path, ["stages.sft.trainer.learning_rate=3e-4", "model.lora.target_modules=[q_proj, v_proj]"]
+    )
+    assert recipe.stages[0].trainer["learning_rate"] == 3e-4
+    assert recipe.model.lora["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_override_creates_missing_mappings():
+    raw = {"run": {"name": "t"}}
+    apply_override(raw, "data.arithmetic.num_train=10")
+    assert raw["data"] == {"arithmetic": {"num_train": 10}}
+
+
+def test_config_hash_tracks_changes(tmp_path):
+    path = _write(tmp_path, GOOD)
+    a = load_recipe(path).config_hash()
+    assert a == load_recipe(path).config_hash()
+    assert a != load_recipe(path, ["stages[0].trainer.max_steps=4"]).config_hash()
+
+
+def test_smoke_shrinks_budgets_and_uses_tiny(tmp_path):
+    recipe = load_recipe(_write(tmp_path, GOOD), smoke=True)
+    assert recipe.model.name_or_path == "tiny"
+    assert recipe.run.name == "t-smoke"
+    assert recipe.stages[0].trainer["max_steps"] == 2
+    assert recipe.data.arithmetic.num_train == 16

@@ -1,0 +1,89 @@
+"""Model resolution and the cache: local folders, clear errors, safe concurrent materialisation."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from ntp_rl import models
+from ntp_rl.errors import UserError
+
+
+def test_local_folder_resolves_to_itself(tiny_model_path):
+    assert models.resolve_model_path(tiny_model_path) == tiny_model_path
+    model = models.load_causal_lm(tiny_model_path)
+    assert model.config.num_hidden_layers == 2
+
+
+def test_tiny_has_the_default_tokenizer_and_chat_template(tiny_model_path):
+    tokenizer = models.load_tokenizer(tiny_model_path)
+    assert tokenizer.eos_token == "<|im_end|>"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert "<|im_start|>user" in text
+
+
+def test_hub_ids_pass_through_and_bad_paths_fail(tmp_path):
+    assert (
+        models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+        == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+    with pytest.raises(UserError, match="no such folder"):
+        models.resolve_model_path(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        models.resolve_model_path(str(tmp_path / "empty"))
+
+
+def _slow_build(out: Path) -> None:
+    (out / "part1").write_text("a")
+    time.sleep(0.5)  # a second process arriving now must wait, not see a half-built folder
+    (out / "part2").write_text("b")
+
+
+def _materialise_in_child(cache: str, queue) -> None:
+    import os
+
+    os.environ["NTP_RL_CACHE"] = cache
+    from ntp_rl import models as child_models
+
+    calls = []
+
+    def build(out):
+        calls.append(1)
+        _slow_build(out)
+
+    path = child_models._materialise("thing", build)
+    queue.put((str(path), sorted(p.name for p in path.iterdir()), len(calls)))
+
+
+def test_two_processes_materialise_once_without_corruption(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_materialise_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert {r[0] for r in results} == {str(tmp_path / "models" / "thing")}
+    for _, files, _ in results:
+        assert files == [".ntp_rl_complete", "part1", "part2"]
+    assert sum(r[2] for r in results) == 1  # built exactly once
+    leftovers = [p.name for p in (tmp_path / "models").iterdir() if p.name.startswith(".thing-")]
+    assert leftovers == []
+
+
+def test_failed_build_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("NTP_RL_CACHE", str(tmp_path))
+
+    def broken(out):
+        (out / "half").write_text("x")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        models._materialise("broken", broken)
+    assert not (tmp_path / "models" / "broken").exists()
+    assert [p for p in (tmp_path / "models").iterdir() if p.is_dir()] == []
