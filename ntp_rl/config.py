@@ -95,7 +95,6 @@ class DataSettings(StrictModel):
 
 class StageBase(StrictModel):
     name: str | None = None  # defaults to the kind; must be unique within the recipe
-    trainer: dict[str, Any] = Field(default_factory=dict)
     data: DataSettings | None = None  # overrides the recipe's `data` for this stage
 
     @property
@@ -103,7 +102,12 @@ class StageBase(StrictModel):
         return self.name or self.kind  # type: ignore[attr-defined]
 
 
-class SftStage(StageBase):
+class TrainingStage(StageBase):
+    # Arguments of TRL's config class for this stage (SFTConfig, GRPOConfig, ...), passed through.
+    trainer: dict[str, Any] = Field(default_factory=dict)
+
+
+class SftStage(TrainingStage):
     kind: Literal["sft"]
     # Held-out rows on which eval loss is measured before and after training (0 = skip).
     eval_examples: int = Field(64, ge=0)
@@ -125,7 +129,7 @@ class RewardSpecSettings(StrictModel):
         return self
 
 
-class RlStage(StageBase):
+class RlStage(TrainingStage):
     kind: Literal["rl"]
     algorithm: Literal["grpo", "rloo"] = "grpo"
     rewards: list[RewardSpecSettings] = Field(default_factory=list)
@@ -140,7 +144,26 @@ class RlStage(StageBase):
         return value
 
 
-Stage = Annotated[Union[SftStage, RlStage], Field(discriminator="kind")]  # noqa: UP007
+class EvalStage(StageBase):
+    """Greedy and sampled accuracy of the base and the run's trained stages on held-out prompts."""
+
+    kind: Literal["eval"]
+    split: str | None = None  # default: data.test_split
+    max_examples: int | None = Field(200, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
+    greedy: bool = True
+    # Samples per prompt at `temperature` for sampled pass@1, pass@k and maj@k (0 = greedy only).
+    num_samples: int = Field(4, ge=0)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    batch_size: int = Field(32, gt=0)
+    seed: int = 1234
+    # Stages to evaluate beside the base; default: every earlier sft and rl stage.
+    checkpoints: list[str] | None = None
+
+
+Stage = Annotated[Union[SftStage, RlStage, EvalStage], Field(discriminator="kind")]  # noqa: UP007
+STAGE_KINDS = ("sft", "rl", "eval")
 
 
 class Recipe(StrictModel):
@@ -200,8 +223,8 @@ def _model_at(loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
             return None
         if isinstance(part, int):
             continue
-        if part in ("sft", "rl") and model is list:  # discriminator tag in the location
-            model = SftStage if part == "sft" else RlStage
+        if part in STAGE_KINDS and model is list:  # discriminator tag in the location
+            model = {"sft": SftStage, "rl": RlStage, "eval": EvalStage}[part]
             continue
         field = (
             model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
@@ -239,9 +262,11 @@ def _validation_message(error: ValidationError, raw: dict, source: str) -> str:
             hint = _suggest(str(loc[-1]), owner.model_fields) if owner else ""
             lines.append(f"{path}: unknown key{hint}")
         elif item["type"] == "union_tag_invalid":
-            lines.append(f"{path}.kind: must be one of sft, rl (got {item['input'].get('kind')!r})")
+            lines.append(
+                f"{path}.kind: must be one of {', '.join(STAGE_KINDS)} (got {item['input'].get('kind')!r})"
+            )
         elif item["type"] == "union_tag_not_found":
-            lines.append(f"{path}: missing `kind:` (one of sft, rl)")
+            lines.append(f"{path}: missing `kind:` (one of {', '.join(STAGE_KINDS)})")
         else:
             msg = item["msg"].removeprefix("Value error, ")
             lines.append(
@@ -328,7 +353,7 @@ def build_dataclass(cls: type, kwargs: dict[str, Any], path: str, **fixed: Any) 
         raise UserError(f"{path}: rejected by {cls.__module__}.{cls.__name__}: {exc}") from None
 
 
-def trainer_config_class(stage: StageBase) -> type:
+def trainer_config_class(stage: TrainingStage) -> type:
     if isinstance(stage, SftStage):
         from trl import SFTConfig
 
@@ -355,6 +380,8 @@ def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
     except UserError as exc:
         problems.append(str(exc))
     for index, stage in enumerate(recipe.stages):
+        if not isinstance(stage, TrainingStage):
+            continue
         path = f"stages[{index}].trainer"
         owned = [k for k in stage.trainer if k in PIPELINE_OWNED_TRAINER_KEYS]
         for key in owned:
@@ -452,6 +479,7 @@ SMOKE_TRAINER = {
     "warmup_steps": 0,  # so that two steps really move the weights
 }
 SMOKE_RL_TRAINER = {"num_generations": 2, "max_completion_length": 12, "generation_batch_size": None}
+SMOKE_EVAL = {"max_examples": 4, "num_samples": 2, "max_new_tokens": 8, "batch_size": 8}
 SMOKE_DATA = {
     "max_train_examples": 16,
     "max_test_examples": 4,
@@ -478,6 +506,9 @@ def apply_smoke(raw: dict) -> None:
         if not isinstance(stage, dict):
             continue
         shrink_data(stage.get("data"))
+        if stage.get("kind") == "eval":
+            stage.update(SMOKE_EVAL)
+            continue
         trainer = stage.setdefault("trainer", {})
         if isinstance(trainer, dict):
             trainer.update(SMOKE_TRAINER)

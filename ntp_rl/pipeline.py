@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ntp_rl.config import Recipe, RlStage, SftStage
+from ntp_rl.config import EvalStage, Recipe, RlStage, SftStage
 from ntp_rl.errors import UserError
 from ntp_rl.stages.common import StageContext, read_completion, write_completion
 
@@ -135,6 +135,10 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
         from ntp_rl.stages.rl import run_rl
 
         return run_rl(ctx)
+    if isinstance(ctx.stage, EvalStage):
+        from ntp_rl.stages.evaluate import run_eval
+
+        return run_eval(ctx)
     raise TypeError(f"no runner for stage kind {ctx.stage.kind!r}")  # type: ignore[attr-defined]
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ntp_rl.config import Recipe, RlStage, SftStage, StageBase
-from ntp_rl.data import load_rows, to_prompt_format, to_sft_format
+from ntp_rl.config import EvalStage, Recipe, RlStage, SftStage, StageBase
+from ntp_rl.data import load_rows, require_columns, to_prompt_format, to_sft_format
 
 
 def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) -> None:
@@ -19,3 +19,6 @@ def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) 
         from ntp_rl.stages.rl import resolve_stage_rewards
 
         resolve_stage_rewards(stage, index, train.column_names, recipe_dir, check_data=train)
+    elif isinstance(stage, EvalStage):
+        rows = load_rows(data, stage.split or data.test_split, recipe.run.seed, recipe_dir)
+        require_columns(rows, ["prompt", "answer"], where)

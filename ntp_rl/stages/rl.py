@@ -50,35 +50,23 @@ RL_DEFAULTS: dict[str, Any] = {
 def resolve_stage_rewards(
     stage: RlStage, index: int, columns: list[str], recipe_dir: Path, check_data=None
 ) -> tuple[list[Any], list[float]]:
-    """Resolve and check every reward spec of a stage; errors name `stages[i].rewards[j]`."""
-    from ntp_rl.rewards.registry import (
-        GuardedReward,
-        RewardSpec,
-        RewardSpecError,
-        check_reward_columns,
-        resolve_reward,
-    )
+    """Resolve and check every reward spec of a stage; errors name `stages[i].rewards[j]` (exit 2).
 
-    functions, weights = [], []
-    for j, settings in enumerate(stage.rewards):
-        where = f"stages[{index}].rewards[{j}]"
-        spec = RewardSpec(**settings.model_dump())
+    With `check_data`, gold answers are parsed once up front for `math_accuracy`: an unparseable
+    gold answer is a data error before training, never a free reward.
+    """
+    from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
+
+    specs = [RewardSpec(**settings.model_dump()) for settings in stage.rewards]
+    rewards = resolve_rewards(specs, recipe_dir, where=f"stages[{index}].rewards", available_columns=columns)
+    if check_data is not None and "answer" in columns and any(s.name == "math_accuracy" for s in specs):
+        from ntp_rl.rewards.math import check_gold_answers
+
         try:
-            fn = resolve_reward(spec, base_dir=recipe_dir)
-            check_reward_columns(fn, columns)
-        except RewardSpecError as exc:
-            raise UserError(f"{where}: {exc}") from None
-        if check_data is not None and spec.name == "math_accuracy" and "answer" in columns:
-            from ntp_rl.rewards.math import check_gold_answers
-
-            try:
-                check_gold_answers([str(a) for a in check_data["answer"]])
-            except ValueError as exc:
-                raise UserError(f"{where}: the data's answer column: {exc}") from None
-        name = getattr(fn, "__name__", None) or spec.name or spec.path.rsplit(":", 1)[-1]
-        functions.append(GuardedReward(fn, name=name, on_error=spec.on_error))
-        weights.append(spec.weight)
-    return functions, weights
+            check_gold_answers([str(a) for a in check_data["answer"]])
+        except ValueError as exc:
+            raise UserError(f"stages[{index}]: the data's answer column: {exc}") from None
+    return rewards, [spec.weight for spec in specs]
 
 
 def init_adapter_dir(ctx: StageContext) -> Path | None:

@@ -1,0 +1,121 @@
+"""Batched generation for eval: the same prompts, template, decoding and seeds for every checkpoint.
+
+Prompts are chat-templated exactly as in training (`apply_chat_template(add_generation_prompt=True)`),
+sorted by length so batches carry little padding, left-padded, and generated with transformers'
+`generate`; `num_return_sequences` shares one prompt encoding among its n samples, and rows stop at
+EOS independently. Sampling is seeded per batch, so a checkpoint's numbers do not depend on what
+ran before it in the same process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How completions are drawn: greedy when `temperature == 0`, else `num_samples` samples."""
+
+    num_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Generation:
+    texts: list[str]  # one per sample
+    num_tokens: list[int]  # completion length in tokens (EOS included when produced)
+    truncated: list[bool]  # stopped at max_new_tokens without EOS
+
+
+def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:
+    """Token ids of chat-templated prompts (a prompt is a message list or a plain user string)."""
+    encoded = []
+    for prompt in prompts:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return encoded
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[Any],
+    decoding: Decoding,
+    batch_size: int = 32,
+    progress=None,
+) -> list[Generation]:
+    """Generate for every prompt; returns one Generation per prompt, in the prompts' order.
+
+    `progress` is an optional callable(n_done_prompts) for a progress bar.
+    """
+    import torch
+
+    encoded = encode_prompts(tokenizer, prompts)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = {tokenizer.eos_token_id}
+    if getattr(model.generation_config, "eos_token_id", None) is not None:
+        extra = model.generation_config.eos_token_id
+        eos_ids |= set(extra if isinstance(extra, list) else [extra])
+    results: list[Generation | None] = [None] * len(encoded)
+    # Fewer prompts per batch when each carries several samples, to keep the batch of sequences constant.
+    prompts_per_batch = max(1, batch_size // decoding.num_samples)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for batch_index, start in enumerate(range(0, len(order), prompts_per_batch)):
+        rows = order[start : start + prompts_per_batch]
+        width = max(len(encoded[i]) for i in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids = encoded[i]
+            input_ids[r, width - len(ids) :] = torch.tensor(ids)
+            attention[r, width - len(ids) :] = 1
+        torch.manual_seed(decoding.seed * 100_003 + batch_index)
+        kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if not decoding.greedy:
+            kwargs = {
+                "do_sample": True,
+                "temperature": decoding.temperature,
+                "top_p": decoding.top_p,
+                "top_k": 0,
+            }
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=decoding.max_new_tokens,
+                num_return_sequences=decoding.num_samples,
+                pad_token_id=pad_id,
+                eos_token_id=sorted(eos_ids),
+                **kwargs,
+            )
+        completions = out[:, width:].cpu()
+        for r, i in enumerate(rows):
+            texts, lengths, truncated = [], [], []
+            for s in range(decoding.num_samples):
+                ids = completions[r * decoding.num_samples + s].tolist()
+                stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+                kept = ids if stop is None else ids[: stop + 1]
+                texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+                lengths.append(len(kept))
+                truncated.append(stop is None)
+            results[i] = Generation(texts, lengths, truncated)
+        if progress is not None:
+            progress(len(rows))
+    if was_training:
+        model.train()
+    return results  # type: ignore[return-value]
