@@ -1,0 +1,62 @@
+"""GRPO and RLOO on the tiny model: the policy starts from the SFT adapter and its weights move."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from ntp_rl.cli import main
+from tests.conftest import REPO
+
+PLUGIN = str(REPO / "tests" / "plugins" / "length_reward.py") + ":completion_length"
+
+
+def _recipe(algorithm: str) -> dict:
+    return {
+        "run": {"name": f"rl-{algorithm}"},
+        "model": {"name_or_path": "tiny", "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}},
+        "data": {"arithmetic": {"num_train": 16, "num_test": 4}},
+        "stages": [
+            {"kind": "sft", "eval_examples": 0,
+             "trainer": {"max_steps": 1, "per_device_train_batch_size": 2, "warmup_steps": 0}},
+            {"kind": "rl", "algorithm": algorithm,
+             "rewards": [{"path": PLUGIN, "weight": 1.0}, {"name": "math_accuracy", "weight": 0.0}],
+             "trainer": {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4,
+                         "max_completion_length": 8, "learning_rate": 1e-2, "logging_steps": 1, "save_steps": 100}},
+        ],
+    }
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_rl_moves_the_sft_adapter_and_logs_rewards(write_recipe, tmp_path, tiny_model_path, algorithm):
+    path = write_recipe(_recipe(algorithm))
+    assert main(["train", str(path)]) == 0
+    run = tmp_path / "runs" / f"rl-{algorithm}"
+    sft = load_file(run / "sft" / "adapter" / "adapter_model.safetensors")
+    rl = load_file(run / "rl" / "adapter" / "adapter_model.safetensors")
+    assert sft.keys() == rl.keys()  # the RL adapter continues the SFT adapter, same modules
+    moved = sum(float((rl[k] - sft[k]).abs().sum()) for k in sft)
+    assert moved > 0
+    done = json.loads((run / "rl" / "COMPLETE").read_text())
+    assert done["init_adapter"].endswith("sft/adapter")
+    logs = [json.loads(line) for line in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*logs)
+    assert "rewards/completion_length/mean" in keys
+    assert "rewards/math_accuracy/mean" in keys
+    assert "math_accuracy/parse_failure_rate" in keys
+    samples = (run / "rl" / "samples.jsonl").read_text().splitlines()
+    assert samples and "completion_length" in json.loads(samples[0])["rewards"]
+
+
+def test_bad_reward_specs_exit_2_before_any_model_loads(write_recipe, tmp_path, capsys):
+    recipe = _recipe("grpo")
+    recipe["stages"][1]["rewards"] = [{"name": "math_acuracy"}]
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    err = capsys.readouterr().err
+    assert "stages[1].rewards[0]" in err and "math_accuracy" in err
+    recipe["stages"][1]["rewards"] = [{"path": "./no_such_file.py:fn"}]
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    assert "stages[1].rewards[0]" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,67 @@
+"""Statistics against hand-computed and known values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ntp_rl.stats import bootstrap_ci, majority_at_k, mcnemar_exact, paired_bootstrap_diff, pass_at_k
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [(4, 0, 1, 0.0), (4, 4, 1, 1.0), (4, 1, 1, 0.25), (4, 1, 2, 0.5), (4, 2, 2, 1 - 1 / 6), (5, 1, 5, 1.0), (10, 3, 4, 1 - 35 / 210)],
+)
+def test_pass_at_k_by_hand(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_needs_k_samples():
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 4)
+
+
+@pytest.mark.parametrize(
+    ("answers", "correct", "k", "expected"),
+    [
+        (["5", "5", "6", "7"], [True, True, False, False], 4, True),
+        (["6", "5", "6", "5"], [False, True, False, True], 4, False),  # tie: the first seen wins
+        ([None, None, "5", "6"], [False, False, True, False], 4, True),
+        ([None, None], [False, False], 2, False),
+        (["6", "5", "5", "5"], [False, True, True, True], 1, False),
+    ],
+)
+def test_majority_at_k(answers, correct, k, expected):
+    assert majority_at_k(answers, correct, k) is expected
+
+
+def test_mcnemar_known_values():
+    # 10 discordant pairs split 9/1: two-sided exact p = 2 * (1 + 10) / 1024.
+    a = [False] * 9 + [True] + [True] * 5
+    b = [True] * 9 + [False] + [True] * 5
+    result = mcnemar_exact(a, b)
+    assert result["wrong_to_right"] == 9 and result["right_to_wrong"] == 1
+    assert result["p_value"] == pytest.approx(22 / 1024)
+    assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0
+
+
+def test_bootstrap_intervals_cover_and_shrink():
+    values = [1.0] * 30 + [0.0] * 70
+    low, high = bootstrap_ci(values, seed=0)
+    assert low < 0.3 < high and high - low < 0.25
+    wide = bootstrap_ci(values[:10] + values[-10:], seed=0)
+    assert wide[1] - wide[0] > high - low
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+
+
+def test_paired_bootstrap_diff():
+    a = [0.0] * 50 + [1.0] * 50
+    b = [1.0] * 60 + [1.0] * 40  # b right wherever a was, plus 50 more
+    result = paired_bootstrap_diff(a, b, seed=0)
+    assert result["diff"] == pytest.approx(0.5)
+    assert 0.35 < result["ci_low"] < 0.5 < result["ci_high"] < 0.65  # SE = 0.05
+    assert result["p_not_better"] == 0.0
+    with pytest.raises(ValueError):
+        paired_bootstrap_diff([1.0], [1.0, 0.0])
