@@ -3,6 +3,7 @@
     ntp-rl train RECIPE [key.path=value ...] [--stage NAME] [--new-run] [--smoke]
     ntp-rl models pull [default|tiny]
     ntp-rl export runs/<name>/<stage> --out DIR
+    ntp-rl rewards check RECIPE [key.path=value ...] [--stage NAME] [--model M] [--json PATH]
 
 Exit status: 0 success; 2 bad input (config, paths, data, reward spec), printed as one message
 naming the culprit and no traceback; 1 a failure while running.
@@ -87,6 +88,42 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rewards_check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ntp_rl.config import load_recipe
+    from ntp_rl.rewards_check import CheckSettings, check_rewards, render, write_json
+
+    recipe_path = Path(args.recipe)
+    recipe = load_recipe(recipe_path, args.overrides)
+    settings = CheckSettings(
+        stage=args.stage,
+        model=args.model,
+        num_prompts=args.num_prompts,
+        samples=args.samples,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+    )
+    report = check_rewards(recipe, recipe_path, settings)
+    render(report, Console())
+    if args.json:
+        write_json(report, Path(args.json))
+    return 0
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ntp-rl", description="SFT, RLHF and RLVR for causal LMs on TRL + PEFT."
@@ -123,6 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("stage_dir", help="a stage folder, e.g. runs/quickstart/rl")
     export.add_argument("--out", required=True, help="new folder to write (must not exist)")
     export.set_defaults(func=_cmd_export)
+
+    rewards = sub.add_parser("rewards", help="reward tools")
+    rewards_sub = rewards.add_subparsers(dest="rewards_command", required=True)
+    check = rewards_sub.add_parser(
+        "check",
+        help="score a model's samples with an rl stage's rewards; warn about broken, flat or hackable rewards",
+    )
+    check.add_argument("recipe", help="recipe YAML with an rl stage")
+    check.add_argument("overrides", nargs="*", help="key.path=value overrides, as for train")
+    check.add_argument("--stage", help="the rl stage to check (default: the first rl stage)")
+    check.add_argument(
+        "--model",
+        help="default, tiny, a model folder, an adapter or stage folder, or a hub id (default: the "
+        "recipe's model, with the stage's init adapter when the run has trained it)",
+    )
+    check.add_argument("--num-prompts", type=_positive(int), default=16, help="training prompts (16)")
+    check.add_argument("--samples", type=_positive(int), default=4, help="completions per prompt (4)")
+    check.add_argument(
+        "--temperature", type=_positive(float), help="default: the stage's trainer.temperature, else 1.0"
+    )
+    check.add_argument(
+        "--max-new-tokens",
+        type=_positive(int),
+        help="default: the stage's trainer.max_completion_length, else 64",
+    )
+    check.add_argument("--json", help="also write the report as JSON to this file")
+    check.set_defaults(func=_cmd_rewards_check)
     return parser
 
 

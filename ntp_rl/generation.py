@@ -10,7 +10,7 @@ ran before it in the same process.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ class Generation:
     texts: list[str]  # one per sample
     num_tokens: list[int]  # completion length in tokens (EOS included when produced)
     truncated: list[bool]  # stopped at max_new_tokens without EOS
+    # Completion token ids per sample (EOS included when produced), for scoring log-probs afterwards.
+    token_ids: list[list[int]] = field(default_factory=list)
+    # Completion token ids (EOS included when produced), as TRL passes `completion_ids` to rewards.
+    token_ids: list[list[int]] = field(default_factory=list)
 
 
 def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:
@@ -105,7 +109,7 @@ def generate(
             )
         completions = out[:, width:].cpu()
         for r, i in enumerate(rows):
-            texts, lengths, truncated = [], [], []
+            texts, lengths, truncated, token_ids = [], [], [], []
             for s in range(decoding.num_samples):
                 ids = completions[r * decoding.num_samples + s].tolist()
                 stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
@@ -113,7 +117,8 @@ def generate(
                 texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
                 lengths.append(len(kept))
                 truncated.append(stop is None)
-            results[i] = Generation(texts, lengths, truncated)
+                token_ids.append(kept)
+            results[i] = Generation(texts, lengths, truncated, token_ids)
         if progress is not None:
             progress(len(rows))
     if was_training:
