@@ -36,9 +36,8 @@ class Generation:
     texts: list[str]  # one per sample
     num_tokens: list[int]  # completion length in tokens (EOS included when produced)
     truncated: list[bool]  # stopped at max_new_tokens without EOS
-    # Completion token ids per sample (EOS included when produced), for scoring log-probs afterwards.
-    token_ids: list[list[int]] = field(default_factory=list)
-    # Completion token ids (EOS included when produced), as TRL passes `completion_ids` to rewards.
+    # Completion token ids per sample (EOS included when produced): for scoring log-probs afterwards,
+    # and what TRL passes to rewards as `completion_ids`.
     token_ids: list[list[int]] = field(default_factory=list)
 
 
