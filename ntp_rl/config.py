@@ -97,6 +97,16 @@ class StageBase(StrictModel):
     name: str | None = None  # defaults to the kind; must be unique within the recipe
     data: DataSettings | None = None  # overrides the recipe's `data` for this stage
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        # The name becomes a folder under the run folder, beside manifest.json.
+        if value is not None and (
+            not RUN_NAME_PATTERN.match(value) or ".." in value or value == "manifest.json"
+        ):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (no '/', no '..')")
+        return value
+
     @property
     def stage_name(self) -> str:
         return self.name or self.kind  # type: ignore[attr-defined]
@@ -213,18 +223,11 @@ def _suggest(word: str, candidates: typing.Iterable[str]) -> str:
 def _model_at(loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
     """The pydantic model class that owns the key at `loc` (for suggesting field names)."""
     model: Any = Recipe
-    data = raw
     for part in loc[:-1]:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
-            data = data[part]
-        else:
-            return None
-        if isinstance(part, int):
+        if isinstance(part, int):  # a list index: `model` is already the element type
             continue
-        if part in STAGE_KINDS and model is list:  # discriminator tag in the location
-            model = {"sft": SftStage, "rl": RlStage, "eval": EvalStage}[part]
+        if part in STAGE_KINDS and isinstance(model, type) and issubclass(model, StageBase):
+            model = {"sft": SftStage, "rl": RlStage, "eval": EvalStage}[part]  # discriminator tag
             continue
         field = (
             model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
@@ -238,7 +241,7 @@ def _model_at(loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
 def _inner_model(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (list, typing.List):  # noqa: UP006
-        return list
+        return _inner_model(typing.get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         for arg in typing.get_args(annotation):
             if isinstance(arg, type) and issubclass(arg, BaseModel):

@@ -8,6 +8,8 @@ data set. A column map renames the source's columns to ours (`prompt`, `answer`,
 
 from __future__ import annotations
 
+import codecs
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -51,11 +53,50 @@ def _load_local(data: DataSettings, path: Path, split: str):
         )
     if not path.is_file():
         raise UserError(f"{_source_label(data)}: no such file {path}")
+    if builder in ("json", "csv"):
+        _check_text_file(data, path, split)
+    datasets_logger = logging.getLogger("datasets")
+    level = datasets_logger.level
+    # datasets logs a parse error at ERROR level before raising it; the UserError below says it once.
+    datasets_logger.setLevel(logging.CRITICAL)
     try:
         return load_dataset(builder, data_files={split: str(path)}, split=split)
     except Exception as exc:  # datasets raises many types for malformed files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{_source_label(data)}: could not read {path} as {builder}: {first_line}") from None
+        raise UserError(
+            f"{_source_label(data)}: could not read {path} as {builder}: {_root_cause(exc)}"
+        ) from None
+    finally:
+        datasets_logger.setLevel(level)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's first line (datasets wraps parse errors in a generic DatasetGenerationError)."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _check_text_file(data: DataSettings, path: Path, split: str) -> None:
+    """An empty file or one that is not UTF-8 is reported by name (datasets fails obscurely, or later)."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{_source_label(data)}: split {split!r} is empty ({path} has no rows)")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                line += exc.object[: exc.start].count(b"\n")
+                raise UserError(
+                    f"{_source_label(data)}: {path} is not UTF-8 text (line {line}: {exc.reason}); "
+                    "re-save it as UTF-8"
+                ) from None
+            if not chunk:
+                return
+            line += chunk.count(b"\n")
 
 
 def _local_path(data: DataSettings, split: str, base_dir: Path | None) -> Path | None:

@@ -170,12 +170,15 @@ def materialise_tiny() -> Path:
     return _materialise(TINY_MODEL_DIRNAME, _build_tiny)
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """`default`/`tiny` -> their cache folder; an existing local folder -> itself; else a hub id as is."""
-    if name_or_path == "default":
-        return str(materialise_default())
-    if name_or_path == "tiny":
-        return str(materialise_tiny())
+def check_model_reference(name_or_path: str) -> None:
+    """Raise UserError for a local model path that cannot be loaded; cheap, loads and builds nothing.
+
+    A local folder needs `config.json` and safetensors weights (`*.safetensors`): pickled weights
+    (`pytorch_model.bin`) are refused, since unpickling a file can run code. A hub id cannot be
+    checked offline and passes.
+    """
+    if name_or_path in BUILTIN_MODELS:
+        return
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -183,14 +186,32 @@ def resolve_model_path(name_or_path: str) -> str:
                 f"model {name_or_path!r}: {path} is not a model folder (no config.json). "
                 "Give a transformers model folder, a hub id, 'default' or 'tiny'."
             )
-        return str(path)
+        if not any(path.glob("*.safetensors")):
+            pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+            found = f"; it has {', '.join(pickled)}" if pickled else ""
+            raise UserError(
+                f"model {name_or_path!r}: no safetensors weights in {path}{found}. Weights load from "
+                "safetensors only (pickled .bin files can run code when loaded); convert the model "
+                "where you trust it: `AutoModelForCausalLM.from_pretrained(...).save_pretrained(out)`."
+            )
+        return
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local:
         raise UserError(
             f"model {name_or_path!r}: no such folder. Give an existing model folder, a hub id "
             "(org/name), 'default' (SmolLM2-135M-Instruct, embedded) or 'tiny'."
         )
-    return name_or_path
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`default`/`tiny` -> their cache folder; an existing local folder -> itself; else a hub id as is."""
+    if name_or_path == "default":
+        return str(materialise_default())
+    if name_or_path == "tiny":
+        return str(materialise_tiny())
+    check_model_reference(name_or_path)
+    path = Path(name_or_path).expanduser()
+    return str(path) if path.exists() else name_or_path
 
 
 def torch_dtype(name: str):

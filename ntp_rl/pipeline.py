@@ -143,11 +143,10 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
 
 
 def preflight(recipe: Recipe, recipe_dir: Path) -> None:
-    """Checks that need data or code but no model: columns, empty splits, reward specs."""
-    from ntp_rl.stages.preflight import check_stage
+    """Checks that need data or code but no model: model path, columns, empty splits, reward specs."""
+    from ntp_rl.stages.preflight import check_recipe
 
-    for index, stage in enumerate(recipe.stages):
-        check_stage(recipe, stage, index, recipe_dir)
+    check_recipe(recipe, recipe_dir)
 
 
 def run_pipeline(

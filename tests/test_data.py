@@ -69,7 +69,7 @@ def test_synthetic_arithmetic_sft_shape():
             ),
             "source column(s) ['q'] not found",
         ),
-        (lambda p: DataSettings(source=str(_write_jsonl(p / "train.jsonl", []))), "could not read"),
+        (lambda p: DataSettings(source=str(_write_jsonl(p / "train.jsonl", []))), "is empty"),
         (lambda p: DataSettings(source=str(p / "train.txt")), "unsupported file type"),
         (lambda p: DataSettings(source="synthetic:calculus"), "unknown synthetic task"),
         (

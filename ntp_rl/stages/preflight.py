@@ -1,4 +1,12 @@
-"""Checks run before any model loads: each stage's data (splits, columns) and its reward specs."""
+"""Checks run before any model loads and before the run folder is touched.
+
+`check_recipe` looks at everything a recipe points at that can be checked cheaply: the model
+reference (a local folder needs config.json and safetensors weights), each stage's data (files,
+encoding, splits, columns, answer pattern), each rl stage's reward specs (importable, callable,
+right signature, the columns they need) and optional dependencies a stage asks for (vLLM). Every
+problem is a `UserError` naming the culprit (exit status 2), so a bad input never leaves a
+half-written run folder behind.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,14 @@ from pathlib import Path
 
 from ntp_rl.config import EvalStage, Recipe, RlStage, SftStage, StageBase
 from ntp_rl.data import load_rows, require_columns, to_prompt_format, to_sft_format
+from ntp_rl.errors import UserError
+from ntp_rl.models import check_model_reference
+
+
+def check_recipe(recipe: Recipe, recipe_dir: Path) -> None:
+    check_model_reference(recipe.model.name_or_path)
+    for index, stage in enumerate(recipe.stages):
+        check_stage(recipe, stage, index, recipe_dir)
 
 
 def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) -> None:
@@ -13,7 +29,10 @@ def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) 
     data = recipe.stage_data(stage)
     if isinstance(stage, SftStage):
         to_sft_format(load_rows(data, data.train_split, recipe.run.seed, recipe_dir), where)
+        if stage.eval_examples:
+            to_sft_format(load_rows(data, data.test_split, recipe.run.seed, recipe_dir), where)
     elif isinstance(stage, RlStage):
+        check_vllm(stage, index)
         train = load_rows(data, data.train_split, recipe.run.seed, recipe_dir)
         to_prompt_format(train, where)
         from ntp_rl.stages.rl import resolve_stage_rewards
@@ -22,3 +41,17 @@ def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) 
     elif isinstance(stage, EvalStage):
         rows = load_rows(data, stage.split or data.test_split, recipe.run.seed, recipe_dir)
         require_columns(rows, ["prompt", "answer"], where)
+
+
+def check_vllm(stage: RlStage, index: int) -> None:
+    """`use_vllm: true` needs vllm importable here; TRL would otherwise fail after the model loaded."""
+    if not stage.trainer.get("use_vllm"):
+        return
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # ImportError, or a vllm built for another torch/CUDA
+        raise UserError(
+            f"stages[{index}].trainer.use_vllm: true, but vllm cannot be imported here "
+            f"({type(exc).__name__}: {exc}). Install it on a GPU machine (`pip install 'trl[vllm]'`) "
+            "or set use_vllm: false"
+        ) from None

@@ -1,0 +1,111 @@
+"""The bad-input corpus: every case in tests/bad_inputs/ exits 2 with a message naming the culprit.
+
+Each case is a folder: `recipe.yaml` (often broken on purpose), any data or plug-in files it names,
+and `case.yaml`:
+
+    about: what is wrong, in a few words
+    args: [recipe.yaml, stages[0].trainer.max_steps=abc]   # after `ntp-rl train` (default: [recipe.yaml])
+    expect: [fragments the message must contain]
+    subprocess: true   # optional: run as a real `python -m ntp_rl` process, not in-process
+
+The case folder is copied to a temporary folder and run from there (so `runs/` and relative paths
+land inside it). Before the call, a run folder already exists where the recipe would write (with a
+manifest carrying the recipe's own config hash when the recipe loads, so a pipeline that got past
+its checks would write into it); afterwards every byte under `runs/` must be as it was. Most cases
+run in-process through `ntp_rl.cli.main` (a subprocess costs seconds of imports here); the few
+marked `subprocess` prove the real exit status and the absence of a traceback end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+CORPUS = REPO / "tests" / "bad_inputs"
+CASES = sorted(p for p in CORPUS.iterdir() if (p / "case.yaml").is_file())
+
+
+def _run_folder(work: Path, args: list[str]) -> tuple[Path, str]:
+    """Where this invocation would put its run, and the config hash it would carry (if it loads)."""
+    from ntp_rl.cli import build_parser
+    from ntp_rl.config import load_recipe
+    from ntp_rl.errors import UserError
+
+    parsed = build_parser().parse_args(["train", *args])
+    try:
+        recipe = load_recipe(work / parsed.recipe, parsed.overrides, smoke=parsed.smoke)
+    except UserError:
+        return work / "runs" / "bad", "0123456789abcdef"
+    output_dir = Path(recipe.run.output_dir)
+    root = output_dir if output_dir.is_absolute() else work / output_dir
+    return root / recipe.run.name, recipe.config_hash()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _existing_run(run_dir: Path, config_hash: str) -> None:
+    run_dir.mkdir(parents=True)
+    manifest = {"name": run_dir.name, "config_hash": config_hash, "stages": {}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (run_dir / "sentinel.txt").write_text("an earlier run's results\n")
+
+
+def test_corpus_is_large_and_well_formed():
+    assert len(CASES) >= 30
+    for case_dir in CASES:
+        case = yaml.safe_load((case_dir / "case.yaml").read_text())
+        assert set(case) <= {"about", "args", "expect", "subprocess"}, case_dir.name
+        assert case["about"] and case["expect"], case_dir.name
+    assert sum(bool(yaml.safe_load((c / "case.yaml").read_text()).get("subprocess")) for c in CASES) >= 3
+
+
+@pytest.mark.parametrize("case_dir", CASES, ids=[c.name for c in CASES])
+def test_bad_input_exits_2_naming_the_culprit(case_dir, tmp_path, monkeypatch, capsys):
+    case = yaml.safe_load((case_dir / "case.yaml").read_text())
+    args = [str(a) for a in case.get("args") or ["recipe.yaml"]]
+    work = tmp_path / "case"
+    shutil.copytree(case_dir, work, ignore=shutil.ignore_patterns("case.yaml"))
+    run_dir, config_hash = _run_folder(work, args)
+    _existing_run(run_dir, config_hash)
+    runs = work / "runs"
+    before = _snapshot(runs)
+
+    if case.get("subprocess"):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "ntp_rl", "train", *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        status, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        from ntp_rl.cli import main
+
+        monkeypatch.chdir(work)
+        capsys.readouterr()
+        status = main(["train", *args])
+        out, err = capsys.readouterr()
+
+    assert status == 2, f"exit {status}\n{err[-3000:]}"
+    assert "Traceback" not in out + err
+    assert err.startswith("ntp-rl: error: "), err[-3000:]
+    for fragment in case["expect"]:
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+    assert _snapshot(runs) == before
