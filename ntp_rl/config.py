@@ -77,6 +77,9 @@ class DataSettings(StrictModel):
     columns: dict[str, str] = Field(default_factory=dict)
     # A regex whose first group extracts the gold answer from the answer column (GSM8K: '####\s*(.+)$').
     answer_pattern: str | None = None
+    # Rewrite that match in the derived `solution` into the canonical final-answer line `Answer: <gold>`
+    # (GSM8K's `#### 72` -> `Answer: 72`), so SFT teaches the line math_accuracy and format read.
+    solution_answer_line: bool = False
     # Cap on the number of rows used from each split (None = all).
     max_train_examples: int | None = Field(None, gt=0)
     max_test_examples: int | None = Field(None, gt=0)
@@ -91,6 +94,12 @@ class DataSettings(StrictModel):
             except re.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _answer_line_needs_pattern(self) -> DataSettings:
+        if self.solution_answer_line and self.answer_pattern is None:
+            raise ValueError("solution_answer_line rewrites the answer_pattern match; set answer_pattern too")
+        return self
 
 
 class StageBase(StrictModel):

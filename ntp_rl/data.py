@@ -178,11 +178,16 @@ def _extract_answers(dataset, data: DataSettings):
             raise UserError(
                 f"data.answer_pattern {data.answer_pattern!r} does not match the answer of row {index}: {text[:200]!r}"
             )
-        gold = match.group(1) if match.groups() else match.group(0)
-        return {
-            "answer": gold.strip().replace(",", ""),
-            "solution": text if "solution" not in row else row["solution"],
-        }
+        gold = (match.group(1) if match.groups() else match.group(0)).strip().replace(",", "")
+        solution = text
+        if data.solution_answer_line:
+            from ntp_rl.rewards.completions import ANSWER_LINE_PREFIX
+
+            before = text[: match.start()]
+            if before and not before.endswith("\n"):
+                before += "\n"
+            solution = f"{before}{ANSWER_LINE_PREFIX} {gold}{text[match.end() :]}"
+        return {"answer": gold, "solution": solution if "solution" not in row else row["solution"]}
 
     return dataset.map(extract, with_indices=True)
 
