@@ -30,13 +30,15 @@ def export_stage(stage_dir: Path, out: Path) -> Path:
         raise UserError(f"--out {out}: already exists; choose a new folder (exports never overwrite)")
     from peft import PeftModel
 
-    from ntp_rl.models import load_causal_lm, load_tokenizer
+    from ntp_rl.models import check_adapter_weights, check_model_reference, load_causal_lm, load_tokenizer
 
     base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise UserError(
             f"{adapter}/adapter_config.json: no base_model_name_or_path; cannot tell the base model"
         )
+    check_adapter_weights(adapter, str(stage_dir))
+    check_model_reference(base)
     model = load_causal_lm(base, dtype="float32")
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tokenizer = load_tokenizer(str(adapter))

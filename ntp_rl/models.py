@@ -203,6 +203,24 @@ def check_model_reference(name_or_path: str) -> None:
         )
 
 
+def check_adapter_weights(adapter: Path, where: str) -> None:
+    """Refuse an adapter folder without `adapter_model.safetensors` before peft falls back to a pickle.
+
+    peft loads `adapter_model.bin` (a pickle) when no safetensors file is there; adapters written by
+    this project are always safetensors, so a .bin-only folder came from elsewhere.
+    """
+    if (adapter / "adapter_model.safetensors").is_file():
+        return
+    pickled = sorted(p.name for p in adapter.glob("*.bin"))
+    if pickled:
+        raise UserError(
+            f"{where}: the adapter at {adapter} has only pickled weights ({', '.join(pickled)}); adapters "
+            "load from safetensors only. Re-save it where you trust it: "
+            "`PeftModel.from_pretrained(base, folder).save_pretrained(out)` writes adapter_model.safetensors."
+        )
+    raise UserError(f"{where}: no adapter_model.safetensors in {adapter}")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """`default`/`tiny` -> their cache folder; an existing local folder -> itself; else a hub id as is."""
     if name_or_path == "default":

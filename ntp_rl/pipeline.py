@@ -111,6 +111,8 @@ class Manifest:
                 "config_hash": recipe.config_hash(),
                 "config": recipe.model_dump(mode="json"),
                 "seed": recipe.run.seed,
+                # Whether model code from the model folder or hub may run; off unless the recipe says so.
+                "trust_remote_code": recipe.model.trust_remote_code,
                 "smoke": smoke,
                 "stages": {s.stage_name: {"kind": s.kind, "status": "pending"} for s in recipe.stages},
             }

@@ -11,7 +11,8 @@ and `case.yaml`:
 The case folder is copied to a temporary folder and run from there (so `runs/` and relative paths
 land inside it). Before the call, a run folder already exists where the recipe would write (with a
 manifest carrying the recipe's own config hash when the recipe loads, so a pipeline that got past
-its checks would write into it); afterwards every byte under `runs/` must be as it was. Most cases
+its checks would write into it); afterwards every byte in the case folder, that run included, must
+be as it was, and nothing may have been added. Most cases
 run in-process through `ntp_rl.cli.main` (a subprocess costs seconds of imports here); the few
 marked `subprocess` prove the real exit status and the absence of a traceback end to end.
 """
@@ -51,9 +52,11 @@ def _run_folder(work: Path, args: list[str]) -> tuple[Path, str]:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder under `folder` with its bytes (bytecode caches of plug-ins aside)."""
     return {
         str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
         for p in sorted(folder.rglob("*"))
+        if "__pycache__" not in p.parts
     }
 
 
@@ -81,8 +84,7 @@ def test_bad_input_exits_2_naming_the_culprit(case_dir, tmp_path, monkeypatch, c
     shutil.copytree(case_dir, work, ignore=shutil.ignore_patterns("case.yaml"))
     run_dir, config_hash = _run_folder(work, args)
     _existing_run(run_dir, config_hash)
-    runs = work / "runs"
-    before = _snapshot(runs)
+    before = _snapshot(work)
 
     if case.get("subprocess"):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -108,4 +110,4 @@ def test_bad_input_exits_2_naming_the_culprit(case_dir, tmp_path, monkeypatch, c
     assert err.startswith("ntp-rl: error: "), err[-3000:]
     for fragment in case["expect"]:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
-    assert _snapshot(runs) == before
+    assert _snapshot(work) == before  # the earlier run, the inputs, and nothing new beside them

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from ntp_rl.config import RlStage, SftStage, build_dataclass
 from ntp_rl.data import load_rows, to_prompt_format
 from ntp_rl.errors import UserError
-from ntp_rl.models import load_causal_lm, load_tokenizer
+from ntp_rl.models import check_adapter_weights, load_causal_lm, load_tokenizer
 from ntp_rl.stages.common import (
     ADAPTER_DIR,
     METRICS_FILE,
@@ -134,6 +134,7 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
             raise UserError(
                 f"{where}: the policy starts from {adapter}, which holds no adapter; run that stage first"
             )
+        check_adapter_weights(adapter, where)
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     else:
         peft_config = build_dataclass(LoraConfig, ctx.recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
