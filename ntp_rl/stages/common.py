@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,8 @@ class JsonlMetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, "epoch": state.epoch}
+        # `time`: wall clock (Unix seconds) at logging, for throughput and step-time comparisons.
+        record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
         for key, value in logs.items():
             if isinstance(value, float) and not math.isfinite(value):
                 value = str(value)
