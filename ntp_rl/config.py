@@ -167,6 +167,9 @@ class EvalStage(StageBase):
     """Greedy and sampled accuracy of the base and the run's trained stages on held-out prompts."""
 
     kind: Literal["eval"]
+    # An eval suite file (`eval/arithmetic.yaml`: the recipe's folder, the current folder, then the
+    # bundled suites); inline settings set here override the suite's. None = the inline settings.
+    suite: str | None = None
     split: str | None = None  # default: data.test_split
     max_examples: int | None = Field(200, gt=0)
     max_new_tokens: int = Field(64, gt=0)

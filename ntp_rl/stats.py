@@ -80,3 +80,24 @@ def majority_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int
     best = max(votes.values())
     winner = next(a for a in answers[:k] if a is not None and votes[a] == best)
     return any(c for a, c in zip(answers[:k], correct[:k], strict=True) if a == winner)
+
+
+def bootstrap_ratio_ci(
+    numerators: Sequence[float], denominators: Sequence[float], confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(numerators) / sum(denominators), resampling items.
+
+    For per-token means over items of different lengths (KL per token, NLL per token): the
+    statistic weighs every token alike, while the resampling unit stays the item.
+    """
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if num.shape != den.shape:
+        raise ValueError(f"ratio needs one denominator per numerator: {num.shape} vs {den.shape}")
+    if num.size == 0 or den.sum() == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, num.size, size=(BOOTSTRAP_RESAMPLES, num.size))
+    totals = den[picks].sum(axis=1)
+    ratios = np.where(totals > 0, num[picks].sum(axis=1) / np.maximum(totals, 1e-300), np.nan)
+    alpha = (1 - confidence) / 2
+    return (float(np.nanquantile(ratios, alpha)), float(np.nanquantile(ratios, 1 - alpha)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ntp_rl.config import EvalStage, Recipe, RlStage, SftStage, StageBase
-from ntp_rl.data import load_rows, require_columns, to_prompt_format, to_sft_format
+from ntp_rl.data import load_rows, to_prompt_format, to_sft_format
 from ntp_rl.errors import UserError
 from ntp_rl.models import check_model_reference
 
@@ -39,8 +39,10 @@ def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) 
 
         resolve_stage_rewards(stage, index, train.column_names, recipe_dir, check_data=train)
     elif isinstance(stage, EvalStage):
-        rows = load_rows(data, stage.split or data.test_split, recipe.run.seed, recipe_dir)
-        require_columns(rows, ["prompt", "answer"], where)
+        # The suite (file or inline), its data and columns, gold answers, scorers, metric modules.
+        from ntp_rl.stages.evaluate import check_eval_stage
+
+        check_eval_stage(recipe, stage, index, recipe_dir)
 
 
 def check_vllm(stage: RlStage, index: int) -> None:

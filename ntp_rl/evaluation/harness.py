@@ -1,0 +1,341 @@
+"""The eval harness: a suite and some checkpoints -> a report, used by `ntp-rl eval` and the eval stage.
+
+    data (suite.data, split, max_examples)
+      -> per base model: load it once, its checkpoints' adapters beside it (checkpoints.LoadedGroup)
+           -> per checkpoint and decoding mode: batched, length-sorted generation (generation.py)
+                -> answer check (correct / extracted / parse failure) and every scorer (reward specs)
+           -> per adapter checkpoint: KL to the base on its own completions; per checkpoint: NLL of
+              reference text (logprobs.py)
+      -> metric modules and statistics (metrics.py), paired comparisons and flips (report.py)
+      -> report.json / report.md / report.html / samples.jsonl
+
+Every checkpoint sees the same prompts, chat template, decoding settings and seeds, and sampling is
+seeded per batch, so the numbers do not depend on which checkpoint ran first.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ntp_rl.errors import UserError
+from ntp_rl.evaluation.checkpoints import Checkpoint, LoadedGroup, group_by_base
+from ntp_rl.evaluation.metrics import MetricModules, summarise
+from ntp_rl.evaluation.report import (
+    REPORT_FORMAT,
+    check_out_dir,
+    now,
+    paired_sections,
+    prompt_hashes,
+    write_report,
+)
+from ntp_rl.evaluation.suite import EvalSuite
+
+logger = logging.getLogger(__name__)
+
+TRAINING_CURVE_KEYS = ("reward", "loss")  # besides every `rewards/<name>/mean`
+
+
+def load_items(suite: EvalSuite, data_base_dir: Path | None) -> Any:
+    """The suite's rows (prompt, answer, ...), checked before any model loads."""
+    from ntp_rl.data import load_rows, require_columns
+
+    rows = load_rows(suite.data, suite.split, suite.data_seed, data_base_dir)
+    require_columns(rows, ["prompt", "answer"], f"suite {suite.name}")
+    if suite.max_examples is not None and len(rows) > suite.max_examples:
+        rows = rows.select(range(suite.max_examples))
+    if suite.reference_nll is not None and suite.reference_nll.column not in rows.column_names:
+        raise UserError(
+            f"suite {suite.name}: reference_nll.column {suite.reference_nll.column!r} is not a column of "
+            f"the data (columns: {rows.column_names}); name another column or set reference_nll: null"
+        )
+    if suite.answer_check == "math":
+        from ntp_rl.rewards.math import check_gold_answers
+
+        check_gold_answers([str(a) for a in rows["answer"]])
+    return rows
+
+
+def resolve_scorers(suite: EvalSuite, columns: list[str], base_dir: Path | None) -> list[Any]:
+    from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
+
+    specs = [RewardSpec(**settings.model_dump()) for settings in suite.scorers]
+    return resolve_rewards(specs, base_dir, where="scorers", available_columns=columns)
+
+
+def _decodings(suite: EvalSuite) -> list[tuple[str, Any]]:
+    from ntp_rl.generation import Decoding
+
+    g = suite.generation
+    out = []
+    if g.greedy:
+        out.append(("greedy", Decoding(1, 0.0, 1.0, g.max_new_tokens, g.seed)))
+    if g.num_samples:
+        out.append(("sampled", Decoding(g.num_samples, g.temperature, g.top_p, g.max_new_tokens, g.seed)))
+    return out
+
+
+def _score(generations, rows, scorers) -> dict[str, Any]:
+    """Per-item fields of one checkpoint and mode: verdicts, answers, lengths, rewards, texts."""
+    from ntp_rl.rewards.math import score_math_answer
+
+    golds = [str(a) for a in rows["answer"]]
+    fields: dict[str, Any] = {
+        "texts": [g.texts for g in generations],
+        "correct": [],
+        "answers": [],
+        "parse_failed": [],
+        "num_tokens": [g.num_tokens for g in generations],
+        "truncated": [g.truncated for g in generations],
+        "rewards": {},
+    }
+    for generation, gold in zip(generations, golds, strict=True):
+        scores = [score_math_answer(text, gold) for text in generation.texts]
+        fields["correct"].append([s.correct for s in scores])
+        fields["answers"].append([None if s.parse_failed else s.extracted for s in scores])
+        fields["parse_failed"].append([s.parse_failed for s in scores])
+    if scorers:
+        # One call per scorer over every completion, with the data's columns by keyword, as TRL does.
+        counts = [len(g.texts) for g in generations]
+        columns = {
+            name: [value for value, n in zip(rows[name], counts, strict=True) for _ in range(n)]
+            for name in rows.column_names
+            if name not in ("prompt", "completion", "completion_ids")
+        }
+        prompts = [p for p, n in zip(rows["prompt"], counts, strict=True) for _ in range(n)]
+        prompts = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
+        completions = [[{"role": "assistant", "content": t}] for g in generations for t in g.texts]
+        completion_ids = [ids for g in generations for ids in g.token_ids]
+        for scorer in scorers:
+            values = scorer(
+                completions=completions,
+                prompts=prompts,
+                completion_ids=completion_ids,
+                trainer_state=None,
+                log_metric=lambda *args, **kwargs: None,
+                log_extra=lambda *args, **kwargs: None,
+                **columns,
+            )
+            per_item, start = [], 0
+            for n in counts:
+                per_item.append(values[start : start + n])
+                start += n
+            fields["rewards"][scorer.__name__] = per_item
+    return fields
+
+
+def training_curves(stage_dir: Path | None) -> dict[str, list[list[float]]]:
+    """Reward (and loss) curves of a run stage from its metrics.jsonl: {key: [[step, value], ...]}."""
+    if stage_dir is None or not (stage_dir / "metrics.jsonl").is_file():
+        return {}
+    curves: dict[str, list[list[float]]] = {}
+    for line in (stage_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = record.get("step")
+        for key, value in record.items():
+            wanted = key in TRAINING_CURVE_KEYS or (key.startswith("rewards/") and key.endswith("/mean"))
+            if wanted and isinstance(value, (int, float)) and isinstance(step, (int, float)):
+                curves.setdefault(key, []).append([step, value])
+    return curves
+
+
+def _file_sha256(path: Path) -> str:
+    files = sorted(path.glob("*.py")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from ntp_rl.pipeline import package_versions
+
+    versions = package_versions()
+    for name in ("evaluate", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def run_suite(
+    suite: EvalSuite,
+    checkpoints: Sequence[Checkpoint],
+    out: Path,
+    *,
+    suite_file: Path | None = None,
+    title: str | None = None,
+    run: str | None = None,
+    stage: str | None = None,
+    settings: dict[str, Any] | None = None,
+    data_base_dir: Path | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    is_main_process: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Evaluate `checkpoints` on `suite` and write the report into `out`; returns the report.
+
+    `out` must not hold a report already, unless `overwrite` (the eval stage re-running an
+    unfinished stage folder).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ntp_rl.evaluation.logprobs import encode_reference, per_token_kl, per_token_nll
+    from ntp_rl.generation import encode_prompts, generate
+
+    started = time.time()
+    if is_main_process and not overwrite:
+        check_out_dir(out)
+    suite_dir = suite_file.parent if suite_file is not None else None
+    rows = load_items(suite, data_base_dir)
+    scorers = resolve_scorers(suite, rows.column_names, suite_dir or data_base_dir)
+    modules = MetricModules(suite, suite_dir)
+    prompts, golds = list(rows["prompt"]), [str(a) for a in rows["answer"]]
+    decodings = _decodings(suite)
+    seed = suite.generation.seed
+
+    labels = [c.label for c in checkpoints]
+    results: dict[str, dict[str, Any]] = {label: {} for label in labels}
+    measures: dict[str, dict[str, Any]] = {label: {} for label in labels}
+    template_hashes: dict[str, str | None] = {}
+    groups = group_by_base(checkpoints)
+    bar = tqdm(
+        total=len(checkpoints) * len(decodings) * len(prompts),
+        desc=f"eval {suite.name}",
+        unit="prompt",
+        disable=not is_main_process,
+    )
+    generation_seconds, completions = 0.0, 0
+    for base, members in groups:
+        group = LoadedGroup(base, members, dtype, trust_remote_code)
+        tokenizer = group.tokenizer
+        template = getattr(tokenizer, "chat_template", None)
+        template_hashes[base] = hashlib.sha256(template.encode()).hexdigest() if template else None
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        prompt_ids = encode_prompts(tokenizer, prompts)
+        reference_pairs = None
+        if suite.reference_nll is not None:
+            column = suite.reference_nll.column
+            limit = suite.reference_nll.max_examples or len(prompts)
+            reference_pairs = [
+                encode_reference(tokenizer, prompt, str(text))
+                for prompt, text in zip(prompts[:limit], rows[column][:limit], strict=True)
+            ]
+        for checkpoint in members:
+            for mode, decoding in decodings:
+                bar.set_postfix_str(f"{checkpoint.label} {mode}")
+                tick = time.time()
+                with group.active(checkpoint) as model:
+                    generations = generate(
+                        model, tokenizer, prompts, decoding, suite.generation.batch_size, bar.update
+                    )
+                generation_seconds += time.time() - tick
+                completions += sum(len(g.texts) for g in generations)
+                fields = _score(generations, rows, scorers)
+                fields["token_ids"] = [g.token_ids for g in generations]
+                results[checkpoint.label][mode] = fields
+            if reference_pairs is not None:
+                with group.active(checkpoint) as model:
+                    nll = per_token_nll(model, reference_pairs, pad_id, suite.score_batch_size)
+                measures[checkpoint.label]["reference_nll"] = {
+                    "values": nll,
+                    "on": suite.reference_nll.column,
+                }
+            if suite.kl_to_base and checkpoint.adapter is not None:
+                # On the checkpoint's own completions: the sampled ones when there are any.
+                mode = "sampled" if "sampled" in results[checkpoint.label] else "greedy"
+                per_item = results[checkpoint.label][mode]["token_ids"]
+                pairs = [(prompt_ids[i], ids) for i, item in enumerate(per_item) for ids in item]
+                kl = per_token_kl(
+                    group.model,
+                    pairs,
+                    policy=functools.partial(group.active, checkpoint),
+                    reference=group.as_base,
+                    pad_id=pad_id,
+                    batch_size=suite.score_batch_size,
+                )
+                grouped, start = [], 0
+                for item in per_item:
+                    grouped.append([v for values in kl[start : start + len(item)] for v in values])
+                    start += len(item)
+                measures[checkpoint.label]["kl_to_base"] = {"values": grouped, "on": f"{mode} completions"}
+        del group  # free the model before the next base loads
+    bar.close()
+
+    for label in labels:
+        for fields in results[label].values():
+            fields.pop("token_ids", None)
+    summary = {label: summarise(results[label], modules, measures[label], seed) for label in labels}
+    items = {
+        "prompts": prompts,
+        "gold": golds,
+        "prompt_sha256": prompt_hashes(prompts),
+        "results": results,
+    }
+    seconds = time.time() - started
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "title": title or suite.name,
+        "run": run,
+        "stage": stage,
+        "suite": suite.name,
+        "data_source": suite.data.source,
+        "split": suite.split,
+        "num_items": len(prompts),
+        "settings": settings if settings is not None else suite.generation.model_dump(mode="json"),
+        "generation": suite.generation.model_dump(mode="json"),
+        "checkpoints": {c.label: str(c.adapter) if c.adapter is not None else c.base for c in checkpoints},
+        "summary": summary,
+        **paired_sections(items, labels, seed, suite.flip_examples),
+        "training_curves": {c.label: training_curves(c.stage_dir) for c in checkpoints if c.stage_dir},
+        "timing": {
+            "seconds": round(seconds, 2),
+            "generation_seconds": round(generation_seconds, 2),
+            "completions": completions,
+            "completions_per_second": round(completions / generation_seconds, 3)
+            if generation_seconds
+            else None,
+        },
+        "provenance": {
+            "created_at": now(),
+            "command": " ".join(sys.argv) if sys.argv else None,
+            "suite_file": str(suite_file) if suite_file else None,
+            "suite": suite.model_dump(mode="json"),
+            "models": {c.label: c.describe() for c in checkpoints},
+            "dtype": dtype,
+            "seeds": {"data": suite.data_seed, "generation": seed, "bootstrap": seed},
+            "generation": suite.generation.model_dump(mode="json"),
+            "chat_template_sha256": next(iter(template_hashes.values()))
+            if len(template_hashes) == 1
+            else template_hashes,
+            "metric_modules": {
+                label: {"path": path, "sha256": _file_sha256(Path(path))}
+                for label, path in modules.paths().items()
+            },
+            "scorers": [s.__name__ for s in scorers],
+            "versions": _versions(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "items": items,
+    }
+    if is_main_process:
+        write_report(report, out, overwrite=overwrite)
+    return report

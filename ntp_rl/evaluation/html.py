@@ -1,0 +1,328 @@
+"""`report.html`: one self-contained page (no scripts, no external files) from a report dict.
+
+Plots are drawn with matplotlib's Agg backend and inlined as base64 PNG: accuracy with 95 % interval
+bars per checkpoint, pass@k and maj@k curves, completion-length histograms and, for checkpoints that
+came from a run, the run's training reward curves (`metrics.jsonl`). Every piece of text that came
+from a model, a data set or a user (completions, prompts, labels, paths) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html import escape
+from typing import Any
+
+from ntp_rl.evaluation.report import _num_ci, _pct, _pct_ci, settings_line
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+pre { white-space: pre-wrap; margin: 0; font-size: 90%; max-width: 60em; }
+.ok { background: #e9f7ec; } .bad { background: #fbeaea; }
+img { max-width: 100%; }
+"""
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(summary: dict[str, Any]) -> str | None:
+    series = [("greedy_accuracy", "greedy accuracy"), ("sampled_pass1", "sampled pass@1")]
+    series = [(key, name) for key, name in series if any(key in s for s in summary.values())]
+    if not series:
+        return None
+    plt = _figure()
+    labels = list(summary)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(labels) + 2), 3.2))
+    width = 0.8 / len(series)
+    for j, (key, name) in enumerate(series):
+        xs, ys, low, high = [], [], [], []
+        for i, label in enumerate(labels):
+            s = summary[label]
+            if key not in s:
+                continue
+            ci = s.get(f"{key}_ci") or [s[key], s[key]]
+            xs.append(i + (j - (len(series) - 1) / 2) * width)
+            ys.append(100 * s[key])
+            low.append(100 * (s[key] - ci[0]))
+            high.append(100 * (ci[1] - s[key]))
+        ax.bar(xs, ys, width=width, yerr=[low, high], capsize=4, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("% correct (95% CI)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy per checkpoint")
+    return _png(fig)
+
+
+def plot_pass_at_k(summary: dict[str, Any]) -> str | None:
+    if not any(s.get("pass_at_k") for s in summary.values()):
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for index, (label, s) in enumerate(summary.items()):
+        color = f"C{index % 10}"
+        for key, style, name in (("pass_at_k", "-o", "pass"), ("maj_at_k", "--s", "maj")):
+            values = s.get(key) or {}
+            if values:
+                ks = sorted(values, key=int)
+                ax.plot(
+                    [int(k) for k in ks],
+                    [100 * values[k] for k in ks],
+                    style,
+                    color=color,
+                    label=f"{label} {name}@k",
+                )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples)")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title("pass@k (solid) and maj@k (dashed)")
+    return _png(fig)
+
+
+def plot_lengths(summary: dict[str, Any]) -> str | None:
+    modes = sorted({m for s in summary.values() for m in s.get("lengths", {})})
+    if not modes:
+        return None
+    plt = _figure()
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.0 * len(modes), 3.0), squeeze=False)
+    for ax, mode in zip(axes[0], modes, strict=True):
+        for label, s in summary.items():
+            histogram = s.get("lengths", {}).get(mode, {}).get("histogram")
+            if histogram:
+                ax.stairs(histogram["counts"], histogram["edges"], label=label)
+        ax.set_xlabel(f"completion tokens ({mode})")
+        ax.set_ylabel("completions")
+        ax.legend(fontsize=7)
+    fig.suptitle("Completion lengths")
+    return _png(fig)
+
+
+def plot_training_curves(curves: dict[str, dict[str, list]]) -> str | None:
+    curves = {label: series for label, series in curves.items() if series}
+    if not curves:
+        return None
+    plt = _figure()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves), 3.0), squeeze=False)
+    for ax, (label, series) in zip(axes[0], curves.items(), strict=True):
+        for key, points in series.items():
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+        ax.set_title(f"training: {label}")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{escape(c)}</td>' if i >= numeric_from else f"<td>{escape(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pre(text: Any) -> str:
+    return f"<pre>{escape(str(text))}</pre>"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    summary = report["summary"]
+    title = report.get("title") or f"{report.get('run')} / {report.get('stage')}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Eval: {escape(str(title))}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Eval: {escape(str(title))}</h1>",
+        f"<p>{escape(settings_line(report))}</p>",
+    ]
+    rows = []
+    for name, s in summary.items():
+        mode = "greedy" if "greedy_mean_tokens" in s else "sampled"
+        rows.append(
+            [
+                name,
+                _pct_ci(s.get("greedy_accuracy"), s.get("greedy_accuracy_ci")),
+                _pct_ci(s.get("sampled_pass1"), s.get("sampled_pass1_ci")),
+                _pct_ci(s.get(f"{mode}_parse_failure_rate"), s.get(f"{mode}_parse_failure_rate_ci")),
+                _pct_ci(s.get(f"{mode}_truncation_rate"), s.get(f"{mode}_truncation_rate_ci")),
+                f"{s.get(f'{mode}_mean_tokens', 0):.1f}",
+                _num_ci(s.get("kl_to_base")),
+                _num_ci(s.get("reference_nll"), 3),
+            ]
+        )
+    parts += [
+        "<h2>Summary</h2>",
+        _table(
+            [
+                "checkpoint",
+                "greedy acc % [95% CI]",
+                "sampled pass@1 % [95% CI]",
+                "parse failures %",
+                "truncated %",
+                "mean tokens",
+                "KL to base / token",
+                "reference NLL / token",
+            ],
+            rows,
+        ),
+    ]
+    for plot, alt in ((plot_accuracy(summary), "accuracy per checkpoint with 95% CI"),):
+        if plot:
+            parts.append(_img(plot, alt))
+
+    ks = sorted({k for s in summary.values() for k in s.get("pass_at_k", {})}, key=int)
+    if ks:
+        rows = [
+            [name]
+            + [_pct_ci(s.get("pass_at_k", {}).get(k), (s.get("pass_at_k_ci") or {}).get(k)) for k in ks]
+            + [_pct_ci(s.get("maj_at_k", {}).get(k), (s.get("maj_at_k_ci") or {}).get(k)) for k in ks]
+            for name, s in summary.items()
+        ]
+        parts += ["<h2>pass@k and maj@k (sampled)</h2>"]
+        parts.append(_table(["checkpoint"] + [f"pass@{k} %" for k in ks] + [f"maj@{k} %" for k in ks], rows))
+        plot = plot_pass_at_k(summary)
+        if plot:
+            parts.append(_img(plot, "pass@k and maj@k curves"))
+
+    scorers = sorted({r for s in summary.values() for m in s.get("rewards", {}).values() for r in m})
+    if scorers:
+        rows = [
+            [name, mode] + [_num_ci(rewards.get(r), 3) for r in scorers]
+            for name, s in summary.items()
+            for mode, rewards in s.get("rewards", {}).items()
+        ]
+        parts += [
+            "<h2>Mean reward per scorer [95% CI]</h2>",
+            _table(["checkpoint", "mode", *scorers], rows, 2),
+        ]
+
+    rows = []
+    for name, s in summary.items():
+        for mode, lengths in s.get("lengths", {}).items():
+            rows.append(
+                [name, mode]
+                + [f"{lengths[k]:.1f}" for k in ("mean", "median", "p90")]
+                + [
+                    str(lengths["max"]),
+                    _pct_ci(lengths["truncation_rate"], lengths.get("truncation_rate_ci")),
+                ]
+            )
+    if rows:
+        parts += [
+            "<h2>Completion lengths (tokens)</h2>",
+            _table(["checkpoint", "mode", "mean", "median", "p90", "max", "truncated % [95% CI]"], rows, 2),
+        ]
+        plot = plot_lengths(summary)
+        if plot:
+            parts.append(_img(plot, "completion length histograms"))
+
+    if report.get("comparisons"):
+        rows = []
+        for label, comparison in report["comparisons"].items():
+            for metric, v in comparison.items():
+                rows.append(
+                    [
+                        label,
+                        metric,
+                        f"{100 * v['diff']:+.1f} [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]",
+                        str(v.get("wrong_to_right", "-")),
+                        str(v.get("right_to_wrong", "-")),
+                        f"{v['p_value']:.3g}" if "p_value" in v else "-",
+                    ]
+                )
+        parts += [
+            "<h2>Paired comparisons (same items)</h2>",
+            _table(
+                ["comparison", "metric", "diff (points) [95% CI]", "wrong→right", "right→wrong", "McNemar p"],
+                rows,
+                2,
+            ),
+        ]
+    elif report.get("note"):
+        parts.append(f"<p><em>{escape(report['note'])}</em></p>")
+
+    for label, flip in (report.get("flips") or {}).items():
+        parts.append(
+            f"<h2>Flips: {escape(label)} ({escape(flip['mode'])})</h2>"
+            f"<p>wrong→right: {flip['wrong_to_right']}, right→wrong: {flip['right_to_wrong']}</p>"
+        )
+        for kind, examples in flip["examples"].items():
+            if not examples:
+                continue
+            who = list(examples[0]["completions"])
+            rows_html = "".join(
+                "<tr>"
+                + f"<td>{example['index']}</td><td>{_pre(example['prompt'])}</td><td>{_pre(example['answer'])}</td>"
+                + "".join(f"<td>{_pre(example['completions'][w])}</td>" for w in who)
+                + "</tr>"
+                for example in examples
+            )
+            head = "".join(f"<th>{escape(h)}</th>" for h in ["#", "prompt", "gold", *who])
+            parts.append(
+                f"<h3>{escape(kind.replace('_', ' '))}</h3><table><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>"
+            )
+
+    if report.get("disagreements"):
+        labels = list(summary)
+        head = "".join(f"<th>{escape(h)}</th>" for h in ["#", "prompt", "gold", *labels])
+        body = ""
+        for item in report["disagreements"]:
+            cells = ""
+            for label in labels:
+                completion = item["completions"].get(label)
+                if completion is None:
+                    cells += "<td></td>"
+                    continue
+                css = "ok" if completion["correct"] else "bad"
+                cells += f'<td class="{css}">{_pre(completion["text"])}</td>'
+            body += f"<tr><td>{item['index']}</td><td>{_pre(item['prompt'])}</td><td>{_pre(item['answer'])}</td>{cells}</tr>"
+        parts += [
+            "<h2>Side by side where checkpoints disagree</h2>",
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+        ]
+
+    plot = plot_training_curves(report.get("training_curves") or {})
+    if plot:
+        parts += ["<h2>Training curves (metrics.jsonl)</h2>", _img(plot, "training reward curves")]
+
+    provenance = report.get("provenance")
+    if provenance:
+        parts += ["<h2>Provenance</h2>", _pre(json.dumps(provenance, indent=1, default=str))]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+__all__ = ["render_html", "_pct"]

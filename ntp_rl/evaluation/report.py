@@ -1,0 +1,442 @@
+"""Eval reports: `report.json` (the source of truth), `report.md`, `report.html`, `samples.jsonl`.
+
+`report.json` holds, besides the per-checkpoint `summary` and the paired `comparisons`, every
+item's verdicts and completions (`items`), so that `ntp-rl compare` can pair checkpoints from
+different reports on the same items, and a provenance block (suite, models and adapter hashes,
+package versions, seeds, decoding, chat-template hash). Nothing here runs a model.
+
+Comparisons: every checkpoint against the reference (the one labelled `base`, else the first), and
+each against the one before it; greedy verdicts by paired bootstrap and exact McNemar, sampled
+pass@1 by paired bootstrap. Flips (wrong->right, right->wrong against the reference) keep a few
+examples each way with both completions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ntp_rl.errors import UserError
+from ntp_rl.stats import mcnemar_exact, paired_bootstrap_diff
+
+REPORT_FORMAT = "ntp-rl-eval-report/1"
+REPORT_JSON, REPORT_MD, REPORT_HTML, SAMPLES = "report.json", "report.md", "report.html", "samples.jsonl"
+REPORT_FILES = (REPORT_JSON, REPORT_MD, REPORT_HTML, SAMPLES)
+BASE = "base"
+MAX_DISAGREEMENTS = 12  # side-by-side items in the HTML report
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse a folder that already holds a report: reports are never overwritten."""
+    for name in REPORT_FILES:
+        if (out / name).exists():
+            raise UserError(
+                f"--out {out}: {out / name} already exists; reports are never overwritten. "
+                "Choose another --out folder (or leave it out for runs/eval/<timestamp>)."
+            )
+
+
+def prompt_text(prompt: Any) -> str:
+    """A prompt (a string or a message list) as plain text, for people."""
+    if isinstance(prompt, list):
+        return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+    return str(prompt)
+
+
+def prompt_hashes(prompts: list[Any]) -> list[str]:
+    return [
+        hashlib.sha256(json.dumps(p, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+        for p in prompts
+    ]
+
+
+def reference_label(labels: list[str]) -> str:
+    return BASE if BASE in labels else labels[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Paired comparisons, flips, disagreements
+
+
+def _first_correct(results: dict[str, Any]) -> tuple[str, list[bool]]:
+    """The verdict used for flips: greedy when there is one, else each item's first sample."""
+    mode = "greedy" if "greedy" in results else "sampled"
+    return mode, [bool(item[0]) for item in results[mode]["correct"]]
+
+
+def compare_pair(a: dict[str, Any], b: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Checkpoint b against a on the same items."""
+    out: dict[str, Any] = {}
+    if "greedy" in a and "greedy" in b:
+        ga = [bool(item[0]) for item in a["greedy"]["correct"]]
+        gb = [bool(item[0]) for item in b["greedy"]["correct"]]
+        out["greedy"] = {**paired_bootstrap_diff(ga, gb, seed=seed), **mcnemar_exact(ga, gb)}
+    if "sampled" in a and "sampled" in b:
+        sa = [sum(item) / len(item) for item in a["sampled"]["correct"]]
+        sb = [sum(item) / len(item) for item in b["sampled"]["correct"]]
+        out["sampled_pass1"] = paired_bootstrap_diff(sa, sb, seed=seed)
+    return out
+
+
+def comparison_pairs(labels: list[str]) -> list[tuple[str, str]]:
+    """(a, b) pairs: each checkpoint against the reference, and each against the one before it."""
+    reference = reference_label(labels)
+    others = [label for label in labels if label != reference]
+    pairs = [(reference, label) for label in others]
+    pairs += [(others[i - 1], others[i]) for i in range(1, len(others))]
+    return pairs
+
+
+def _example(items: dict[str, Any], index: int, labels: tuple[str, ...], mode: str) -> dict[str, Any]:
+    return {
+        "index": index,
+        "prompt": prompt_text(items["prompts"][index]),
+        "answer": items["gold"][index],
+        "completions": {label: items["results"][label][mode]["texts"][index][0] for label in labels},
+    }
+
+
+def flips(items: dict[str, Any], a: str, b: str, max_examples: int) -> dict[str, Any]:
+    mode, ca = _first_correct(items["results"][a])
+    _, cb = _first_correct(items["results"][b])
+    up = [i for i, (x, y) in enumerate(zip(ca, cb, strict=True)) if not x and y]
+    down = [i for i, (x, y) in enumerate(zip(ca, cb, strict=True)) if x and not y]
+    return {
+        "mode": mode,
+        "wrong_to_right": len(up),
+        "right_to_wrong": len(down),
+        "examples": {
+            "wrong_to_right": [_example(items, i, (a, b), mode) for i in up[:max_examples]],
+            "right_to_wrong": [_example(items, i, (a, b), mode) for i in down[:max_examples]],
+        },
+    }
+
+
+def disagreements(items: dict[str, Any], labels: list[str], limit: int = MAX_DISAGREEMENTS) -> list[dict]:
+    """Items on which the checkpoints' verdicts differ, with every checkpoint's completion."""
+    verdicts = {label: _first_correct(items["results"][label]) for label in labels}
+    out = []
+    for index in range(len(items["prompts"])):
+        if len({verdicts[label][1][index] for label in labels}) < 2:
+            continue
+        out.append(
+            {
+                "index": index,
+                "prompt": prompt_text(items["prompts"][index]),
+                "answer": items["gold"][index],
+                "mode": verdicts[labels[0]][0],
+                "completions": {
+                    label: {
+                        "text": items["results"][label][verdicts[label][0]]["texts"][index][0],
+                        "correct": verdicts[label][1][index],
+                    }
+                    for label in labels
+                },
+            }
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+def paired_sections(items: dict[str, Any], labels: list[str], seed: int, max_examples: int) -> dict[str, Any]:
+    reference = reference_label(labels)
+    results = items["results"]
+    return {
+        "reference": reference,
+        "comparisons": {
+            f"{b} vs {a}": compare_pair(results[a], results[b], seed) for a, b in comparison_pairs(labels)
+        },
+        "flips": {
+            f"{label} vs {reference}": flips(items, reference, label, max_examples)
+            for label in labels
+            if label != reference
+        },
+        "disagreements": disagreements(items, labels) if len(labels) > 1 else [],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Text renderings
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def _pct_ci(value: float | None, ci: list | tuple | None) -> str:
+    if value is None:
+        return "-"
+    if not ci or ci[0] is None:
+        return _pct(value)
+    return f"{_pct(value)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def _num_ci(entry: dict | None, digits: int = 4) -> str:
+    if not entry or entry.get("value") is None or entry["value"] != entry["value"]:
+        return "-"
+    ci = entry.get("ci") or [None, None]
+    if ci[0] is None or ci[0] != ci[0]:
+        return f"{entry['value']:.{digits}f}"
+    return f"{entry['value']:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def settings_line(report: dict[str, Any]) -> str:
+    generation = report.get("generation") or report.get("settings", {})
+    modes = []
+    if generation.get("greedy", True):
+        modes.append("greedy")
+    if generation.get("num_samples"):
+        modes.append(
+            f"{generation['num_samples']} samples per item at temperature {generation.get('temperature')}"
+        )
+    return (
+        f"{report['num_items']} items of `{report['data_source']}` (split `{report['split']}`); "
+        f"{' and '.join(modes)}, max {generation.get('max_new_tokens')} new tokens, seed {generation.get('seed')}."
+    )
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    title = report.get("title") or f"{report.get('run')} / {report.get('stage')}"
+    lines = [f"# Eval: {title}", "", settings_line(report), ""]
+    lines += [
+        "| checkpoint | greedy acc % [95% CI] | sampled pass@1 % [95% CI] | parse fail % (greedy) | "
+        "truncated % | mean tokens | KL to base /token | reference NLL /token |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in report["summary"].items():
+        mode = "greedy" if "greedy_mean_tokens" in s else "sampled"
+        failed = _pct_ci(
+            s.get("greedy_parse_failure_rate", s.get("sampled_parse_failure_rate")),
+            s.get("greedy_parse_failure_rate_ci", s.get("sampled_parse_failure_rate_ci")),
+        )
+        lines.append(
+            f"| {_md_cell(name)} | {_pct_ci(s.get('greedy_accuracy'), s.get('greedy_accuracy_ci'))} "
+            f"| {_pct_ci(s.get('sampled_pass1'), s.get('sampled_pass1_ci'))} | {failed} "
+            f"| {_pct_ci(s.get(f'{mode}_truncation_rate'), s.get(f'{mode}_truncation_rate_ci'))} "
+            f"| {s.get(f'{mode}_mean_tokens', 0):.1f} | {_num_ci(s.get('kl_to_base'))} "
+            f"| {_num_ci(s.get('reference_nll'), 3)} |"
+        )
+    ks = sorted({k for s in report["summary"].values() for k in s.get("pass_at_k", {})}, key=int)
+    if ks:
+        lines += ["", "## pass@k and maj@k (sampled, %)", ""]
+        lines += [
+            "| checkpoint | "
+            + " | ".join(f"pass@{k}" for k in ks)
+            + " | "
+            + " | ".join(f"maj@{k}" for k in ks)
+            + " |"
+        ]
+        lines += ["|---" * (1 + 2 * len(ks)) + "|"]
+        for name, s in report["summary"].items():
+            cells = [_pct(s.get("pass_at_k", {}).get(k)) for k in ks] + [
+                _pct(s.get("maj_at_k", {}).get(k)) for k in ks
+            ]
+            lines.append(f"| {_md_cell(name)} | " + " | ".join(cells) + " |")
+    scorers = sorted(
+        {r for s in report["summary"].values() for m in s.get("rewards", {}).values() for r in m}
+    )
+    if scorers:
+        lines += ["", "## Mean reward per scorer [95% CI]", ""]
+        lines += ["| checkpoint | mode | " + " | ".join(_md_cell(r) for r in scorers) + " |"]
+        lines += ["|---|---" + "|---" * len(scorers) + "|"]
+        for name, s in report["summary"].items():
+            for mode, rewards in s.get("rewards", {}).items():
+                lines.append(
+                    f"| {_md_cell(name)} | {mode} | "
+                    + " | ".join(_num_ci(rewards.get(r), 3) for r in scorers)
+                    + " |"
+                )
+    if report.get("comparisons"):
+        lines += ["", "## Paired comparisons (same items)", ""]
+        lines += [
+            "| comparison | metric | diff (points) [95% CI] | wrong->right | right->wrong | McNemar p |"
+        ]
+        lines += ["|---|---|---|---|---|---|"]
+        for label, comparison in report["comparisons"].items():
+            for metric, values in comparison.items():
+                diff = f"{100 * values['diff']:+.1f} [{100 * values['ci_low']:+.1f}, {100 * values['ci_high']:+.1f}]"
+                flips_ = (values.get("wrong_to_right", "-"), values.get("right_to_wrong", "-"))
+                p = f"{values['p_value']:.3g}" if "p_value" in values else "-"
+                lines.append(f"| {_md_cell(label)} | {metric} | {diff} | {flips_[0]} | {flips_[1]} | {p} |")
+    elif report.get("note"):
+        lines += ["", f"_{report['note']}_"]
+    for label, flip in (report.get("flips") or {}).items():
+        lines += ["", f"## Flips: {label} ({flip['mode']})", ""]
+        lines += [f"wrong->right: {flip['wrong_to_right']}, right->wrong: {flip['right_to_wrong']}"]
+        for kind, examples in flip["examples"].items():
+            for example in examples:
+                lines += ["", f"**{kind} #{example['index']}** (gold `{_md_cell(example['answer'])}`)", ""]
+                lines += ["```text", example["prompt"].replace("```", "'''"), "```"]
+                for who, text in example["completions"].items():
+                    lines += [f"*{_md_cell(who)}:*", "```text", str(text).replace("```", "'''"), "```"]
+    provenance = report.get("provenance") or {}
+    if provenance:
+        lines += ["", "## Provenance", ""]
+        for key in ("created_at", "suite_file", "chat_template_sha256", "command"):
+            if provenance.get(key):
+                lines.append(f"- {key}: `{_md_cell(provenance[key])}`")
+        for label, model in (provenance.get("models") or {}).items():
+            lines.append(f"- model {_md_cell(label)}: `{_md_cell(json.dumps(model))}`")
+        versions = provenance.get("versions") or {}
+        if versions:
+            lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return "\n".join(lines) + "\n"
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    """A few lines for the terminal: accuracy per checkpoint and the paired comparisons."""
+    parts = []
+    for name, summary in report["summary"].items():
+        bits = []
+        if "greedy_accuracy" in summary:
+            bits.append(f"greedy {_pct(summary['greedy_accuracy'])}%")
+        if "sampled_pass1" in summary:
+            bits.append(f"sampled pass@1 {_pct(summary['sampled_pass1'])}%")
+        parts.append(f"{name}: " + ", ".join(bits))
+    for label, comparison in report["comparisons"].items():
+        for metric, values in comparison.items():
+            parts.append(
+                f"{label} {metric}: {100 * values['diff']:+.1f} points "
+                f"[{100 * values['ci_low']:+.1f}, {100 * values['ci_high']:+.1f}]"
+            )
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def write_samples(report: dict[str, Any], path: Path) -> None:
+    items = report.get("items")
+    if not items:
+        return
+    with path.open("w", encoding="utf-8") as handle:
+        for index, (prompt, gold) in enumerate(zip(items["prompts"], items["gold"], strict=True)):
+            record: dict[str, Any] = {"index": index, "prompt": prompt, "answer": gold}
+            for name, modes in items["results"].items():
+                for mode, fields in modes.items():
+                    record[f"{name}/{mode}"] = {
+                        "texts": fields["texts"][index],
+                        "correct": fields["correct"][index],
+                    }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_report(report: dict[str, Any], out: Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write report.json, report.md, report.html and samples.jsonl into `out` (refusing to overwrite)."""
+    from ntp_rl.evaluation.html import render_html
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        check_out_dir(out)
+    paths = {name: out / name for name in REPORT_FILES}
+    paths[REPORT_MD].write_text(render_markdown(report), encoding="utf-8")
+    paths[REPORT_HTML].write_text(render_html(report), encoding="utf-8")
+    write_samples(report, paths[SAMPLES])
+    # The source of truth is written last: a folder with report.json holds a complete report.
+    tmp = out / f".{REPORT_JSON}.tmp"
+    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(paths[REPORT_JSON])
+    return paths
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        path = path / REPORT_JSON
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such report") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable report.json ({exc})") from None
+    if not isinstance(report, dict) or "summary" not in report:
+        raise UserError(f"{path}: not an ntp-rl eval report (no `summary`)")
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# ntp-rl compare
+
+
+def compare_reports(paths: list[Path], out: Path, seed: int = 0, max_examples: int = 3) -> dict[str, Any]:
+    """One combined report from earlier ones: every checkpoint side by side, paired where items match."""
+    if len(paths) < 2:
+        raise UserError("compare needs at least two reports")
+    check_out_dir(out)
+    reports = [(path, load_report(path)) for path in paths]
+    labels: list[str] = []
+    renamed: list[dict[str, str]] = []
+    for path, report in reports:
+        mapping = {}
+        folder = (path.parent if path.suffix == ".json" else path).name
+        for label in report["summary"]:
+            new = label if label not in labels else f"{label}@{folder}"
+            suffix = 2
+            while new in labels:
+                new, suffix = f"{label}@{folder}-{suffix}", suffix + 1
+            mapping[label] = new
+            labels.append(new)
+        renamed.append(mapping)
+
+    first = reports[0][1]
+    hashes = [r.get("items", {}).get("prompt_sha256") for _, r in reports]
+    paired = all(h is not None and h == hashes[0] for h in hashes)
+    combined: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "title": "compare " + ", ".join(str(p) for p in paths),
+        "run": None,
+        "stage": None,
+        "suite": first.get("suite"),
+        "data_source": first.get("data_source"),
+        "split": first.get("split"),
+        "num_items": first.get("num_items"),
+        "generation": first.get("generation") or first.get("settings"),
+        "checkpoints": {},
+        "summary": {},
+        "comparisons": {},
+        "flips": {},
+        "disagreements": [],
+        "training_curves": {},
+    }
+    items: dict[str, Any] | None = None
+    if paired:
+        items = {k: first["items"][k] for k in ("prompts", "gold", "prompt_sha256")}
+        items["results"] = {}
+    for (_, report), mapping in zip(reports, renamed, strict=True):
+        for old, new in mapping.items():
+            combined["summary"][new] = report["summary"][old]
+            combined["checkpoints"][new] = report.get("checkpoints", {}).get(old)
+            if old in (report.get("training_curves") or {}):
+                combined["training_curves"][new] = report["training_curves"][old]
+            if items is not None:
+                items["results"][new] = report["items"]["results"][old]
+    if items is not None:
+        combined["items"] = items
+        combined.update(paired_sections(items, labels, seed, max_examples))
+    else:
+        combined["note"] = (
+            "the reports were made on different items (prompt hashes differ) or lack per-item results: "
+            "checkpoints are shown side by side, without paired comparisons"
+        )
+    combined["provenance"] = {
+        "created_at": now(),
+        "command": "ntp-rl compare",
+        "sources": [
+            {"path": str(path), "labels": mapping, "provenance": report.get("provenance")}
+            for (path, report), mapping in zip(reports, renamed, strict=True)
+        ],
+    }
+    write_report(combined, out)
+    return combined

@@ -1,0 +1,288 @@
+"""Eval suites: `eval/<suite>.yaml` -> one typed, validated `EvalSuite`, and where suites and metrics live.
+
+A suite says what to evaluate on and how: the data (the recipe's own `DataSettings`: a source, a
+column map, an answer pattern), the split and number of items, the decoding (greedy and/or n
+samples at a temperature), the scorers (reward specs, resolved by the same code that scored
+training), the metric modules (local `evaluate` modules), and the extra measurements (KL to the
+base, NLL of reference text). Unknown keys and bad values are `UserError`s naming their key path
+(`generation.temprature: unknown key; did you mean temperature?`).
+
+Where files are found. `eval/` is not a Python package (no module may import as a bare `eval`): its
+files are read by path. A suite path is tried relative to the given folders (a recipe's folder),
+then the current folder, then the bundled copy: `eval/` of the source tree in a clone or an editable
+install, `ntp_rl/_bundled_eval/` in an installed wheel (see `[tool.setuptools]` in pyproject.toml).
+A metric named by `name:` is `metrics/<name>/` beside the suite file, else in the bundled copy.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+import ntp_rl
+from ntp_rl.config import (
+    DataSettings,
+    RewardSpecSettings,
+    StrictModel,
+    _inner_model,
+    _suggest,
+    format_path,
+    read_yaml,
+)
+from ntp_rl.errors import UserError
+
+SUITE_DIR_NAME = "eval"
+METRICS_DIR_NAME = "metrics"
+BUNDLED_DIR_NAME = "_bundled_eval"  # inside the installed package (wheels); see pyproject.toml
+MODES = ("greedy", "sampled")
+
+
+class GenerationSettings(StrictModel):
+    """How completions are drawn. The same settings and seeds serve every checkpoint."""
+
+    greedy: bool = True
+    # Samples per prompt at `temperature` for sampled pass@1, pass@k and maj@k (0 = greedy only).
+    num_samples: int = Field(4, ge=0)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, gt=0)
+    seed: int = 1234
+    # Sequences per generate() call (prompts x samples).
+    batch_size: int = Field(32, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> GenerationSettings:
+        if not self.greedy and self.num_samples == 0:
+            raise ValueError("greedy is false and num_samples is 0: nothing to generate")
+        return self
+
+
+class MetricSpec(StrictModel):
+    """A metric module: `name` (a folder `metrics/<name>/`) or `path` (a folder or .py file)."""
+
+    name: str | None = None
+    path: str | None = None
+    # Decoding modes the metric is computed on.
+    modes: list[Literal["greedy", "sampled"]] = Field(default_factory=lambda: list(MODES))
+    # Keyword arguments of the module's compute() (e.g. `ks: [1, 4]` for pass_at_k).
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MetricSpec:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of `name` (a folder under metrics/) or `path`")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(str(self.path)).stem
+
+
+class ReferenceNllSettings(StrictModel):
+    """Per-token NLL of reference responses (e.g. SFT targets) given their prompts."""
+
+    column: str = "solution"
+    max_examples: int | None = Field(64, gt=0)
+
+
+class EvalSuite(StrictModel):
+    name: str = "suite"
+    description: str = ""
+    data: DataSettings = Field(default_factory=DataSettings)
+    # Seed of synthetic data (the recipe's run.seed plays this part in a run).
+    data_seed: int = 42
+    split: str = "test"
+    max_examples: int | None = Field(200, gt=0)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    # How a completion's final answer is read and checked for accuracy, pass@k, maj@k and
+    # extraction failures: `math` is `score_math_answer`, the check behind the math_accuracy reward.
+    answer_check: Literal["math"] = "math"
+    # Rewards whose mean per checkpoint is reported: reward specs, exactly as in a recipe's rl stage.
+    scorers: list[RewardSpecSettings] = Field(
+        default_factory=lambda: [RewardSpecSettings(name="math_accuracy")]
+    )
+    metrics: list[MetricSpec] = Field(default_factory=lambda: default_metrics())
+    # KL(checkpoint || its base with adapters disabled), per token, on the checkpoint's completions.
+    kl_to_base: bool = True
+    reference_nll: ReferenceNllSettings | None = Field(default_factory=ReferenceNllSettings)
+    # Sequences per forward pass for KL and NLL (the logits over the vocabulary dominate memory).
+    score_batch_size: int = Field(8, gt=0)
+    # Examples of each kind of flip (wrong->right, right->wrong) kept in the report.
+    flip_examples: int = Field(3, ge=0)
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metrics(cls, value: list[MetricSpec]) -> list[MetricSpec]:
+        labels = [m.label for m in value]
+        duplicated = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicated:
+            raise ValueError(f"metric(s) {duplicated} listed twice")
+        return value
+
+    def modes(self) -> list[str]:
+        return [
+            m
+            for m in MODES
+            if (m == "greedy" and self.generation.greedy) or (m == "sampled" and self.generation.num_samples)
+        ]
+
+
+def default_metrics() -> list[MetricSpec]:
+    return [
+        MetricSpec(name="accuracy"),
+        MetricSpec(name="pass_at_k", modes=["sampled"]),
+        MetricSpec(name="maj_at_k", modes=["sampled"]),
+        MetricSpec(name="extraction_failure_rate"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Where suites and metric modules are found
+
+
+def bundled_eval_dir() -> Path:
+    """The shipped `eval/` folder: the source tree's (clone, editable install) or the wheel's copy."""
+    package = Path(ntp_rl.__file__).resolve().parent
+    for candidate in (package / BUNDLED_DIR_NAME, package.parent / SUITE_DIR_NAME):
+        if (candidate / METRICS_DIR_NAME).is_dir():
+            return candidate
+    raise UserError(
+        f"the bundled eval suites are missing (looked in {package / BUNDLED_DIR_NAME} and "
+        f"{package.parent / SUITE_DIR_NAME}); reinstall ntp-rl"
+    )
+
+
+def bundled_suites() -> list[str]:
+    try:
+        return sorted(p.name for p in bundled_eval_dir().glob("*.yaml"))
+    except UserError:
+        return []
+
+
+def resolve_suite_path(text: str, base_dirs: typing.Sequence[Path] = ()) -> Path:
+    """A suite file: relative to `base_dirs`, then the current folder, then the bundled `eval/`."""
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        if path.is_file():
+            return path
+        raise UserError(f"suite {text}: no such file")
+    candidates = [Path(base) / path for base in base_dirs] + [Path.cwd() / path]
+    try:
+        bundled = bundled_eval_dir()
+        parts = path.parts[1:] if path.parts and path.parts[0] == SUITE_DIR_NAME else path.parts
+        tail = Path(*parts) if parts else path
+        candidates += [bundled / tail]
+        if tail.suffix == "":
+            candidates += [bundled / f"{tail}.yaml"]
+    except UserError:
+        pass
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(f"eval/{name}" for name in bundled_suites()) or "none"
+    raise UserError(
+        f"suite {text}: not found (looked in {', '.join(str(c) for c in candidates)}). "
+        f"Bundled suites: {known}"
+    )
+
+
+def resolve_metric_path(spec: MetricSpec, suite_dir: Path | None, where: str) -> Path:
+    """The folder or .py file of a metric module (evaluate.load takes either)."""
+    if spec.path is not None:
+        path = Path(spec.path).expanduser()
+        candidates = (
+            [path] if path.is_absolute() else ([suite_dir / path] if suite_dir else []) + [Path.cwd() / path]
+        )
+        for candidate in candidates:
+            if candidate.is_file() and candidate.suffix == ".py":
+                return candidate
+            if candidate.is_dir() and (candidate / f"{candidate.name}.py").is_file():
+                return candidate
+        raise UserError(
+            f"{where}.path {spec.path!r}: no metric module there (looked in "
+            f"{', '.join(str(c) for c in candidates)}); give a .py file or a folder <name>/ holding <name>.py"
+        )
+    folders = ([suite_dir / METRICS_DIR_NAME] if suite_dir else []) + [bundled_eval_dir() / METRICS_DIR_NAME]
+    for folder in folders:
+        candidate = folder / str(spec.name)
+        if (candidate / f"{spec.name}.py").is_file():
+            return candidate
+    known = sorted({p.name for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_dir()})
+    raise UserError(
+        f"{where}.name {spec.name!r}: unknown metric{_suggest(str(spec.name), known)} "
+        f"(available: {', '.join(known) or 'none'}); or give `path:` to your own evaluate module"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = (
+            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        )
+        if field is None:
+            return None
+        inner = _inner_model(field.annotation)
+        if inner is list:
+            args = typing.get_args(field.annotation)
+            inner = args[0] if args else None
+            if typing.get_origin(inner) is not None:
+                inner = _inner_model(inner)
+        model = inner
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _validation_message(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        path = format_path(loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(EvalSuite, loc)
+            hint = _suggest(str(loc[-1]), owner.model_fields) if owner else ""
+            lines.append(f"{path}: unknown key{hint}")
+        elif item["type"] == "missing":
+            lines.append(f"{path}: {item['msg']}")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {msg} (got {item.get('input')!r})")
+    return f"{source}: invalid eval suite:\n  " + "\n  ".join(lines)
+
+
+def validate_suite(raw: Any, source: str) -> EvalSuite:
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{source}: an eval suite is a YAML mapping (data, split, generation, scorers, metrics)"
+        )
+    try:
+        return EvalSuite.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_validation_message(exc, source)) from None
+
+
+def load_suite(
+    text: str | Path, overrides: typing.Sequence[str] = (), base_dirs: typing.Sequence[Path] = ()
+) -> tuple[EvalSuite, Path]:
+    """Find, read, override (`a.b=value`, as for recipes) and validate a suite; returns it and its file."""
+    from ntp_rl.config import apply_override
+
+    path = resolve_suite_path(str(text), base_dirs)
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        for override in overrides:
+            apply_override(raw, override)
+    return validate_suite(raw, str(path)), path
