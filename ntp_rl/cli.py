@@ -4,6 +4,8 @@
     ntp-rl models pull [default|tiny]
     ntp-rl export runs/<name>/<stage> --out DIR
     ntp-rl rewards check RECIPE [key.path=value ...] [--stage NAME] [--model M] [--json PATH]
+    ntp-rl eval --suite eval/arithmetic.yaml --model base=default --model sft=runs/q/sft [a.b=value ...] [--out DIR]
+    ntp-rl compare REPORT.json REPORT.json ... [--out DIR]
 
 Exit status: 0 success; 2 bad input (config, paths, data, reward spec), printed as one message
 naming the culprit and no traceback; 1 a failure while running.
@@ -111,6 +113,28 @@ def _cmd_rewards_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ntp_rl.evaluation.commands import eval_command
+    from ntp_rl.evaluation.report import summary_text
+
+    out, report = eval_command(
+        args.suite, args.model or [], args.out, args.overrides, args.dtype, args.trust_remote_code
+    )
+    print(summary_text(report))
+    print(f"report: {out / 'report.json'} (also report.md, report.html, samples.jsonl)")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ntp_rl.evaluation.commands import compare_command
+    from ntp_rl.evaluation.report import summary_text
+
+    out, report = compare_command(args.reports, args.out)
+    print(summary_text(report))
+    print(f"report: {out / 'report.json'} (also report.md, report.html)")
+    return 0
+
+
 def _positive(kind: type):
     def parse(text: str):
         try:
@@ -187,6 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", help="also write the report as JSON to this file")
     check.set_defaults(func=_cmd_rewards_check)
+
+    evaluate = sub.add_parser("eval", help="evaluate models and run stages on an eval suite; write a report")
+    evaluate.add_argument(
+        "--suite", required=True, help="suite YAML, e.g. eval/arithmetic.yaml (bundled ones work anywhere)"
+    )
+    evaluate.add_argument(
+        "--model",
+        action="append",
+        metavar="LABEL=SPEC",
+        help="repeatable; SPEC: default, tiny, a model folder, a hub id, or a run stage folder (runs/q/sft); "
+        "the one labelled `base` (else the first) is the reference for paired comparisons",
+    )
+    evaluate.add_argument(
+        "overrides", nargs="*", help="suite key.path=value overrides, e.g. data.source=test.jsonl"
+    )
+    evaluate.add_argument(
+        "--out", help="new report folder (default runs/eval/<timestamp>); never overwritten"
+    )
+    evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    evaluate.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the model folder"
+    )
+    evaluate.set_defaults(func=_cmd_eval)
+
+    compare = sub.add_parser(
+        "compare", help="combine earlier eval reports into one (paired where items match)"
+    )
+    compare.add_argument("reports", nargs="+", help="report.json files (or folders holding one)")
+    compare.add_argument("--out", help="new report folder (default runs/eval/compare-<timestamp>)")
+    compare.set_defaults(func=_cmd_compare)
     return parser
 
 
