@@ -11,7 +11,15 @@ from ntp_rl.stats import bootstrap_ci, majority_at_k, mcnemar_exact, paired_boot
 
 @pytest.mark.parametrize(
     ("n", "c", "k", "expected"),
-    [(4, 0, 1, 0.0), (4, 4, 1, 1.0), (4, 1, 1, 0.25), (4, 1, 2, 0.5), (4, 2, 2, 1 - 1 / 6), (5, 1, 5, 1.0), (10, 3, 4, 1 - 35 / 210)],
+    [
+        (4, 0, 1, 0.0),
+        (4, 4, 1, 1.0),
+        (4, 1, 1, 0.25),
+        (4, 1, 2, 0.5),
+        (4, 2, 2, 1 - 1 / 6),
+        (5, 1, 5, 1.0),
+        (10, 3, 4, 1 - 35 / 210),
+    ],
 )
 def test_pass_at_k_by_hand(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected)
@@ -65,3 +73,17 @@ def test_paired_bootstrap_diff():
     assert result["p_not_better"] == 0.0
     with pytest.raises(ValueError):
         paired_bootstrap_diff([1.0], [1.0, 0.0])
+
+
+def test_bootstrap_ratio_ci_weighs_tokens_and_resamples_items():
+    from ntp_rl.stats import bootstrap_ratio_ci
+
+    # Per-token mean over items of different lengths: (10 + 0) / (10 + 90) = 0.1, not the item mean 0.5.
+    sums, tokens = [10.0, 0.0] * 20, [10, 90] * 20
+    low, high = bootstrap_ratio_ci(sums, tokens, seed=0)
+    assert low < 0.1 < high < 0.25  # far from the mean of item means, 0.5
+    assert bootstrap_ratio_ci([2.0] * 5, [4] * 5, seed=1) == (0.5, 0.5)
+    assert bootstrap_ratio_ci(sums, tokens, seed=3) == bootstrap_ratio_ci(sums, tokens, seed=3)
+    assert all(math.isnan(x) for x in bootstrap_ratio_ci([], []))
+    with pytest.raises(ValueError):
+        bootstrap_ratio_ci([1.0], [1, 2])
