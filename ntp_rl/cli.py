@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from ntp_rl.errors import UserError
+from ntp_rl.errors import TrainingDiverged, UserError
 
 logger = logging.getLogger("ntp_rl")
 
@@ -253,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ntp-rl: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"ntp-rl: training stopped: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "ntp-rl: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -93,6 +94,27 @@ def check_writable(folder: Path) -> None:
         raise UserError(
             f"output folder {folder} is not writable ({exc.strerror}); set run.output_dir"
         ) from None
+
+
+# Below this much free disk a run refuses to start (exit 2): a 135M-parameter model's LoRA
+# checkpoints are tens of MB each, a full fine-tune's optimizer state is ~12 bytes per parameter.
+MIN_FREE_BYTES = 1 << 30  # 1 GiB
+MIN_FREE_BYTES_TINY = 64 << 20  # the tiny test model's checkpoints are a few MB
+
+
+def check_free_disk(folder: Path, model: str) -> None:
+    """Refuse to start a run on a nearly full disk rather than die writing a checkpoint."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = MIN_FREE_BYTES_TINY if model == "tiny" else MIN_FREE_BYTES
+    if free < need:
+        raise UserError(
+            f"output folder {folder}: only {free / 2**20:.0f} MiB free on its disk; a run of model "
+            f"{model!r} needs at least {need / 2**20:.0f} MiB for checkpoints. Free some space or set "
+            "run.output_dir (or --output-dir) to another disk."
+        )
 
 
 class Manifest:
@@ -174,6 +196,7 @@ def run_pipeline(
     run_dir = choose_run_dir(recipe, new_run)
     state.wait_for_everyone()  # every rank has chosen the same folder before rank 0 creates it
     if state.is_main_process:
+        check_free_disk(run_dir, recipe.model.name_or_path)
         check_writable(run_dir)
     state.wait_for_everyone()
     manifest = Manifest(run_dir, recipe, recipe_path, state.is_main_process, smoke)
@@ -212,9 +235,8 @@ def run_pipeline(
         try:
             results = _run_stage(ctx)
         except BaseException as exc:
-            manifest.update_stage(
-                stage.stage_name, status="failed", error=f"{type(exc).__name__}: {exc}"[:500]
-            )
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            manifest.update_stage(stage.stage_name, status=status, error=f"{type(exc).__name__}: {exc}"[:500])
             raise
         seconds = round(time.time() - started, 1)
         results = {"stage": stage.stage_name, "kind": stage.kind, "seconds": seconds, **results}  # type: ignore[attr-defined]

@@ -3,13 +3,23 @@
 A stage folder `runs/<name>/<stage>/` holds `checkpoints/` (the trainer's own, for resume),
 `adapter/` (the final LoRA adapter and tokenizer), `metrics.jsonl` (one line per logging step) and,
 written last, `COMPLETE` (the stage's results as JSON). A folder without `COMPLETE` is unfinished.
+
+Every trainer also gets two guards: `StopOnNonFinite` (a NaN/inf loss, gradient norm or weight
+stops the stage without saving, keeping the last good checkpoint) and `StopOnSignal` (Ctrl-C or
+SIGTERM finishes the current step, saves a resumable checkpoint, then stops). `last_checkpoint`
+resumes from the newest *complete* checkpoint; an incomplete one (killed while saving) is renamed
+aside, kept and reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import re
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +28,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ntp_rl.config import Recipe, StageBase, build_dataclass, trainer_config_class
+from ntp_rl.errors import TrainingDiverged
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +99,166 @@ class JsonlMetricsCallback(TrainerCallback):
             handle.write(json.dumps(record, default=str) + "\n")
 
 
-def last_checkpoint(stage_dir: Path) -> str | None:
-    """The newest complete trainer checkpoint of a stage, if any (for resuming an interrupted stage)."""
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """The trainer writes weights, optimizer and RNG state first and `trainer_state.json` last."""
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(path.glob("*.safetensors"))
+
+
+def last_checkpoint(stage_dir: Path, is_main_process: bool = True) -> str | None:
+    """The newest complete trainer checkpoint of a stage, if any (for resuming an interrupted stage).
+
+    A newer checkpoint that is incomplete (the process was killed while saving it) is skipped and,
+    by the main process, renamed to `checkpoint-N.incomplete-<time>`: kept for inspection, and out
+    of the way of the trainer, which will write `checkpoint-N` afresh when it gets there again.
+    """
     folder = stage_dir / CHECKPOINT_DIR
     if not folder.is_dir():
         return None
-    return get_last_checkpoint(str(folder))
+    found = sorted(
+        (int(match.group(1)), path)
+        for path in folder.iterdir()
+        if path.is_dir() and (match := CHECKPOINT_PATTERN.match(path.name))
+    )
+    for _, path in reversed(found):
+        if checkpoint_is_complete(path):
+            return str(path)
+        aside = path.with_name(f"{path.name}.incomplete-{int(time.time())}")
+        logger.warning(
+            "checkpoint %s is incomplete (killed while saving?); skipped, kept as %s", path, aside.name
+        )
+        if is_main_process:
+            path.rename(aside)
+    return None
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value)
+
+
+def _trainable_weights_finite(model: Any) -> bool:
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop the stage, unsaved, when the logged loss or grad_norm, or a trainable weight, is NaN/inf.
+
+    The check runs on every log (loss, grad_norm) and before every checkpoint and at the end of
+    training (the trainable weights: a NaN between two logs must not reach a checkpoint or the
+    final adapter). It sets `should_save` off and raises `TrainingDiverged` (exit status 1), so the
+    newest checkpoint on disk is the last good one. Every process sees the same gathered loss, so
+    all ranks stop together.
+    """
+
+    WATCHED = ("loss", "grad_norm")
+
+    def __init__(self, stage_name: str, stage_dir: Path):
+        self.stage_name = stage_name
+        self.stage_dir = stage_dir
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = [f"{key} = {logs[key]}" for key in self.WATCHED if _non_finite((logs or {}).get(key))]
+        if bad:
+            self._stop(control, state, " and ".join(bad))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save and model is not None and not _trainable_weights_finite(model):
+            self._stop(control, state, "a trainable weight is NaN/inf")
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is not None and not _trainable_weights_finite(model):
+            self._stop(control, state, "a trainable weight is NaN/inf")
+
+    def _stop(self, control, state, what: str) -> None:
+        control.should_save = False
+        control.should_training_stop = True
+        good = last_checkpoint(self.stage_dir, is_main_process=False)
+        kept = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
+        raise TrainingDiverged(
+            f"stage {self.stage_name}: {what} at step {state.global_step}; stopped without saving, {kept}. "
+            "Lower the learning rate or check the data and rewards, and start a new run (--new-run)."
+        )
+
+
+class StopOnSignal(TrainerCallback):
+    """Ctrl-C (SIGINT) or SIGTERM while training: finish the step, save a checkpoint, stop.
+
+    Use `with stop.catching_signals(): trainer.train(...)`, then `stop.raise_if_stopped()`, which
+    raises KeyboardInterrupt (exit status 130) so the stage is not marked complete; the same command
+    resumes from that checkpoint. A second signal takes the default path at once (no checkpoint).
+    With several processes the ranks agree (all-reduce) to stop after the same step.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @contextlib.contextmanager
+    def catching_signals(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        try:
+            yield self
+        finally:
+            self._restore()
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signum
+        self._restore()
+        logger.warning(
+            "%s: stopping after this step and saving a checkpoint (again to abort without saving)",
+            signal.Signals(signum).name,
+        )
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._all_agree_to_stop(args):
+            control.should_save = True
+            control.should_training_stop = True
+
+    def _all_agree_to_stop(self, args) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = self.requested is not None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            tensor = torch.tensor([int(flag)], device=args.device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            flag = bool(tensor.item())
+            if flag and self.requested is None:
+                self.requested = signal.SIGINT  # another rank was interrupted
+        return flag
+
+    def raise_if_stopped(self) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"stopped by {signal.Signals(self.requested).name}")
+
+
+def stage_callbacks(ctx: StageContext) -> tuple[list[TrainerCallback], StopOnSignal]:
+    """The callbacks every training stage gives its trainer: metrics log and the two guards."""
+    stop = StopOnSignal()
+    # StopOnSignal asks for a save before StopOnNonFinite checks the weights that would be saved.
+    callbacks = [
+        JsonlMetricsCallback(ctx.stage_dir / METRICS_FILE),
+        stop,
+        StopOnNonFinite(ctx.stage.stage_name, ctx.stage_dir),
+    ]
+    return callbacks, stop
 
 
 def read_completion(stage_dir: Path) -> dict[str, Any] | None:

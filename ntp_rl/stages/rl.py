@@ -20,13 +20,7 @@ from ntp_rl.config import RlStage, SftStage, build_dataclass
 from ntp_rl.data import load_rows, to_prompt_format
 from ntp_rl.errors import UserError
 from ntp_rl.models import check_adapter_weights, load_causal_lm, load_tokenizer
-from ntp_rl.stages.common import (
-    ADAPTER_DIR,
-    METRICS_FILE,
-    JsonlMetricsCallback,
-    StageContext,
-    last_checkpoint,
-)
+from ntp_rl.stages.common import ADAPTER_DIR, StageContext, last_checkpoint, stage_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +138,7 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
     else:
         from trl import GRPOTrainer as Trainer
     samples = SampleLogCallback(ctx.stage_dir / SAMPLES_FILE)
+    callbacks, stop = stage_callbacks(ctx)
     trainer = Trainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -151,11 +146,13 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         train_dataset=train,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[JsonlMetricsCallback(ctx.stage_dir / METRICS_FILE), samples],
+        callbacks=[*callbacks, samples],
     )
     samples.trainer = trainer
-    resume = last_checkpoint(ctx.stage_dir)
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
+    with stop.catching_signals():
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    stop.raise_if_stopped()  # a checkpoint was saved; the stage is not complete
     if ctx.is_main_process:
         trainer.model.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR), selected_adapters=["default"])
         tokenizer.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR))

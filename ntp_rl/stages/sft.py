@@ -12,13 +12,7 @@ from typing import Any
 from ntp_rl.config import build_dataclass
 from ntp_rl.data import load_rows, to_sft_format
 from ntp_rl.models import load_causal_lm, load_tokenizer
-from ntp_rl.stages.common import (
-    ADAPTER_DIR,
-    METRICS_FILE,
-    JsonlMetricsCallback,
-    StageContext,
-    last_checkpoint,
-)
+from ntp_rl.stages.common import ADAPTER_DIR, StageContext, last_checkpoint, stage_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +53,7 @@ def run_sft(ctx: StageContext) -> dict[str, Any]:
     tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
     model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, ctx.recipe.model.trust_remote_code)
 
+    callbacks, stop = stage_callbacks(ctx)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -66,13 +61,15 @@ def run_sft(ctx: StageContext) -> dict[str, Any]:
         eval_dataset=held_out,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[JsonlMetricsCallback(ctx.stage_dir / METRICS_FILE)],
+        callbacks=callbacks,
     )
     results: dict[str, Any] = {"train_rows": len(train)}
-    resume = last_checkpoint(ctx.stage_dir)
+    resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
     if held_out is not None and resume is None:
         results["eval_loss_before"] = trainer.evaluate(metric_key_prefix="before")["before_loss"]
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    with stop.catching_signals():
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    stop.raise_if_stopped()  # a checkpoint was saved; the stage is not complete
     results["train_loss"] = train_output.training_loss
     results["global_step"] = trainer.state.global_step
     results["resumed_from"] = resume
