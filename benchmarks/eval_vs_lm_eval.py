@@ -1,0 +1,203 @@
+"""Eval throughput: `ntp-rl eval` against lm-evaluation-harness's HF backend on the same work.
+
+What it measures: one model, one set of prompts and one decoding (greedy, the same max new tokens,
+the same batch size, the model's chat template with the generation prompt, float32 on CPU or the
+first GPU) run two ways:
+- ntp-rl: `ntp-rl eval --suite <suite> --model m=<model> --out <dir>` on a suite that reads the
+  prompts file (greedy only; no KL, no reference NLL, one scorer);
+- lm-eval: `lm_eval.simple_evaluate(model="hf", ...)` on a local task YAML over the same file
+  (`generate_until`, a regex filter for the `Answer: N` line, exact match against the gold).
+The prompts are the built-in arithmetic task's held-out problems, written to a local jsonl.
+Each side runs in its own subprocess. Two clocks, samples/s = prompts / seconds for each:
+- the whole command (imports, model load, generation, scoring, writing results): what a user waits for;
+- the eval call after imports: ntp-rl's `run_suite` (its report's `timing.seconds`) and lm-eval's
+  `simple_evaluate`, both including model load, data, generation, answer checks and metrics.
+Sides run alternately, `--repeats` times each; the summary takes the median. Accuracies are shown
+to check that both did the same work: their answer checks differ slightly (math-verify on the
+`Answer:` line vs. lm-eval's regex and exact string match).
+
+Run (from the repository root, with lm-eval installed into the venv only for this script,
+`pip install lm-eval`; it is not a dependency of ntp-rl). The target is a ratio ntp-rl / lm-eval >= 1.5:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_vs_lm_eval.py                        # tiny, 64 prompts
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/eval_vs_lm_eval.py --model default --prompts 64
+
+On a shared CPU the numbers move with other people's load: compare sides of one run, not runs.
+A benchmark, never a timed assert in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TASK_NAME = "ntp_rl_bench_arithmetic"
+ANSWER_REGEX = r"Answer:\s*\$?(-?[\d,]+)"
+
+LM_EVAL_SCRIPT = """
+import json, sys, time
+import lm_eval
+from lm_eval.tasks import TaskManager
+args = json.loads(sys.argv[1])
+started = time.perf_counter()
+results = lm_eval.simple_evaluate(
+    model="hf",
+    model_args={"pretrained": args["model"], "dtype": "float32", "device": args["device"]},
+    tasks=[args["task"]],
+    task_manager=TaskManager(include_path=args["task_dir"]),
+    batch_size=args["batch_size"],
+    apply_chat_template=True,
+    log_samples=False,
+    bootstrap_iters=0,
+)
+seconds = time.perf_counter() - started
+print("RESULT " + json.dumps({**results["results"][args["task"]], "phase_seconds": seconds}, default=str))
+"""
+
+
+def write_prompts(folder: Path, count: int, seed: int) -> Path:
+    from ntp_rl.tasks import arithmetic
+
+    rows = arithmetic.generate("test", count, seed=seed)
+    path = folder / "prompts.jsonl"
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps({"prompt": row["prompt"], "answer": row["answer"]}) + "\n")
+    return path
+
+
+def write_suite(folder: Path, prompts: Path, max_new_tokens: int, batch_size: int) -> Path:
+    suite = {
+        "name": "bench",
+        "data": {"source": str(prompts), "train_split": "test", "test_split": "test"},
+        "split": "test",
+        "max_examples": None,
+        "generation": {"greedy": True, "num_samples": 0, "max_new_tokens": max_new_tokens,
+                       "batch_size": batch_size, "seed": 1234},
+        "scorers": [{"name": "math_accuracy"}],
+        "metrics": ["accuracy", "extraction_failure_rate"],
+        "kl_to_base": False,
+        "reference_nll": None,
+    }  # fmt: skip
+    path = folder / "bench_suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def write_task(folder: Path, prompts: Path, max_new_tokens: int) -> Path:
+    task_dir = folder / "lm_eval_tasks"
+    task_dir.mkdir()
+    task = {
+        "task": TASK_NAME,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(prompts)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_target": "{{answer}}",
+        "generation_kwargs": {"max_gen_toks": max_new_tokens, "do_sample": False, "temperature": 0.0},
+        "filter_list": [
+            {"name": "answer_line", "filter": [{"function": "regex", "regex_pattern": ANSWER_REGEX},
+                                               {"function": "take_first"}]}
+        ],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
+                         "ignore_punctuation": True, "regexes_to_ignore": [","]}],
+    }  # fmt: skip
+    (task_dir / f"{TASK_NAME}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    return task_dir
+
+
+def run_ntp_rl(suite: Path, model: str, out: Path, env: dict) -> tuple[float, float, float]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "ntp_rl",
+        "eval",
+        "--suite",
+        str(suite),
+        "--model",
+        f"m={model}",
+        "--out",
+        str(out),
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"ntp-rl eval failed:\n{proc.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text())
+    return seconds, report["timing"]["seconds"], report["summary"]["m"]["greedy_accuracy"]
+
+
+def run_lm_eval(model_path: str, task_dir: Path, batch_size: int, env: dict) -> tuple[float, float, float]:
+    import torch
+
+    args = {"model": model_path, "task": TASK_NAME, "task_dir": str(task_dir), "batch_size": batch_size,
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", LM_EVAL_SCRIPT, json.dumps(args)], capture_output=True, text=True, env=env
+    )
+    seconds = time.perf_counter() - started
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"lm-eval failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(line.removeprefix("RESULT "))
+    return seconds, float(result["phase_seconds"]), float(result["exact_match,answer_line"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny, default, or a model folder (default: tiny)")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+
+    from ntp_rl.models import resolve_model_path
+
+    model_path = resolve_model_path(args.model)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    times: dict[str, list[float]] = {"ntp-rl": [], "lm-eval": []}
+    phases: dict[str, list[float]] = {"ntp-rl": [], "lm-eval": []}
+    accuracy: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
+        folder = Path(tmp)
+        prompts = write_prompts(folder, args.prompts, seed=42)
+        suite = write_suite(folder, prompts, args.max_new_tokens, args.batch_size)
+        task_dir = write_task(folder, prompts, args.max_new_tokens)
+        for repeat in range(args.repeats):
+            seconds, phase, accuracy["ntp-rl"] = run_ntp_rl(
+                suite, model_path, folder / f"report-{repeat}", env
+            )
+            times["ntp-rl"].append(seconds)
+            phases["ntp-rl"].append(phase)
+            seconds, phase, accuracy["lm-eval"] = run_lm_eval(model_path, task_dir, args.batch_size, env)
+            times["lm-eval"].append(seconds)
+            phases["lm-eval"].append(phase)
+
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"model {args.model} ({model_path}), {args.prompts} prompts, greedy, max {args.max_new_tokens} new tokens, "
+          f"batch {args.batch_size}, OMP_NUM_THREADS={threads}, median of {args.repeats} run(s)")  # fmt: skip
+    for title, measured in (("whole command", times), ("eval call (after imports)", phases)):
+        rate = {side: args.prompts / statistics.median(values) for side, values in measured.items()}
+        print(f"{title}:")
+        for side in ("ntp-rl", "lm-eval"):
+            print(f"  {side:<8} {statistics.median(measured[side]):7.1f} s  {rate[side]:7.2f} samples/s")
+        print(f"  ratio ntp-rl / lm-eval: {rate['ntp-rl'] / rate['lm-eval']:.2f}x (target >= 1.5)")
+    print(f"accuracy: ntp-rl {100 * accuracy['ntp-rl']:.1f} %, lm-eval {100 * accuracy['lm-eval']:.1f} %")
+
+
+if __name__ == "__main__":
+    main()
