@@ -65,21 +65,14 @@ def test_unknown_stage_and_missing_recipe_exit_2(tmp_path, capsys):
 
 
 def test_two_processes_train_data_parallel(tmp_path, tiny_model_path):
-    """accelerate launch --multi_gpu --num_processes 2 on CPU: one gloo group, rank 0 writes alone."""
+    """recipes/accelerate/cpu_2proc.yaml (2 processes, no GPU): one gloo group, rank 0 writes alone."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        "--config_file",
+        str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
         "-m",
         "ntp_rl",
         "train",
