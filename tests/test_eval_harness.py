@@ -249,3 +249,27 @@ def test_kl_and_nll_by_hand(tiny_model_path):
         assert values == pytest.approx(expected, abs=1e-4)  # left padding does not change a thing
     kl = per_token_kl(model, pairs, nullcontext, nullcontext, pad_id=0, batch_size=2)
     assert [len(v) for v in kl] == [3, 1, 4] and max(max(v) for v in kl) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_checkpoints_share_one_base_and_find_it(run, tiny_model_path, tmp_path):
+    from ntp_rl.evaluation.checkpoints import LoadedGroup, group_by_base, resolve_checkpoint
+    from ntp_rl.models import load_causal_lm
+
+    specs = [("base", "tiny"), ("a", str(run / "sft")), ("b", str(run / "sft" / "adapter"))]
+    checkpoints = [resolve_checkpoint(label, spec) for label, spec in specs]
+    assert checkpoints[1].stage_dir == run / "sft" and checkpoints[2].adapter == run / "sft" / "adapter"
+    groups = group_by_base(checkpoints)
+    assert len(groups) == 1 and [c.label for c in groups[0][1]] == ["base", "a", "b"]
+    group = LoadedGroup(groups[0][0], groups[0][1], "float32", False)
+    base_numel = sum(p.numel() for n, p in group.model.named_parameters() if "lora_" not in n)
+    assert base_numel == sum(p.numel() for p in load_causal_lm(tiny_model_path).parameters())  # one copy
+    assert {"a", "b"} <= set(group.model.peft_config)
+
+    # A run copied from elsewhere: the adapter's recorded base is gone; the run's manifest names it.
+    moved = tmp_path / "ev"
+    shutil.copytree(run / "sft", moved / "sft", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copy(run / "manifest.json", moved / "manifest.json")
+    config_path = moved / "sft" / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "/gone/tiny-llama"}))
+    assert resolve_checkpoint("sft", str(moved / "sft")).base == tiny_model_path

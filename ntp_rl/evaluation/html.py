@@ -14,7 +14,7 @@ import json
 from html import escape
 from typing import Any
 
-from ntp_rl.evaluation.report import _num_ci, _pct, _pct_ci, settings_line
+from ntp_rl.evaluation.report import _num_ci, _pct_ci, settings_line
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -132,8 +132,8 @@ def plot_training_curves(curves: dict[str, dict[str, list]]) -> str | None:
     fig, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves), 3.0), squeeze=False)
     for ax, (label, series) in zip(axes[0], curves.items(), strict=True):
         for key, points in series.items():
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+            if points:  # markers, so that a run with one logging step still shows its point
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=key)
         ax.set_title(f"training: {label}")
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
@@ -320,9 +320,11 @@ def render_html(report: dict[str, Any]) -> str:
 
     provenance = report.get("provenance")
     if provenance:
-        parts += ["<h2>Provenance</h2>", _pre(json.dumps(provenance, indent=1, default=str))]
+        parts += [
+            "<h2>Provenance</h2>",
+            "<details><summary>suite, models and adapter hashes, versions, seeds, decoding</summary>",
+            _pre(json.dumps(provenance, indent=1, default=str)),
+            "</details>",
+        ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
-__all__ = ["render_html", "_pct"]
