@@ -148,10 +148,27 @@ class RewardSpecSettings(StrictModel):
         return self
 
 
+class PromptFilterSettings(StrictModel):
+    """Keep only training prompts whose sampled rewards vary under the starting policy.
+
+    A group whose completions all score the same has zero advantage and teaches GRPO/RLOO nothing;
+    after SFT most easy prompts are such groups. Before training, `samples` completions are drawn
+    for each of `candidates` prompts at the training temperature and prompts with a reward spread of
+    at least `min_spread` are kept (a pass-rate filter, the offline form of DAPO's dynamic sampling).
+    """
+
+    candidates: int = Field(256, gt=0)
+    samples: int = Field(4, ge=2)
+    min_spread: float = Field(1e-6, ge=0.0)
+    max_new_tokens: int | None = Field(None, gt=0)  # default: the trainer's max_completion_length
+    batch_size: int = Field(64, gt=0)
+
+
 class RlStage(TrainingStage):
     kind: Literal["rl"]
     algorithm: Literal["grpo", "rloo"] = "grpo"
     rewards: list[RewardSpecSettings] = Field(default_factory=list)
+    prompt_filter: PromptFilterSettings | None = None
     # Stage whose adapter the policy starts from; None = the previous sft stage if there is one.
     init_from: str | None = None
 
@@ -494,6 +511,7 @@ SMOKE_TRAINER = {
     "warmup_steps": 0,  # so that two steps really move the weights
 }
 SMOKE_RL_TRAINER = {"num_generations": 2, "max_completion_length": 12, "generation_batch_size": None}
+SMOKE_PROMPT_FILTER = {"candidates": 8, "samples": 2, "batch_size": 16}
 SMOKE_EVAL = {"max_examples": 4, "num_samples": 2, "max_new_tokens": 8, "batch_size": 8}
 SMOKE_DATA = {
     "max_train_examples": 16,
@@ -529,6 +547,8 @@ def apply_smoke(raw: dict) -> None:
             trainer.update(SMOKE_TRAINER)
             if stage.get("kind") == "rl":
                 trainer.update(SMOKE_RL_TRAINER)
+                if isinstance(stage.get("prompt_filter"), dict):
+                    stage["prompt_filter"].update(SMOKE_PROMPT_FILTER)
         if stage.get("kind") == "sft":
             stage["eval_examples"] = min(int(stage.get("eval_examples", 4) or 0), 4)
 

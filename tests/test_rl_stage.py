@@ -60,3 +60,14 @@ def test_bad_reward_specs_exit_2_before_any_model_loads(write_recipe, tmp_path, 
     assert main(["train", str(write_recipe(recipe))]) == 2
     assert "stages[1].rewards[0]" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_prompt_filter_keeps_prompts_whose_rewards_vary(write_recipe, tmp_path, tiny_model_path):
+    recipe = _recipe("grpo")
+    recipe["stages"][1]["prompt_filter"] = {"candidates": 8, "samples": 2, "batch_size": 16}
+    assert main(["train", str(write_recipe(recipe))]) == 0
+    done = json.loads((tmp_path / "runs" / "rl-grpo" / "rl" / "COMPLETE").read_text())
+    stats = done["prompt_filter"]
+    # The length reward differs between two random samples of the tiny model almost always.
+    assert stats["candidates"] == 8 and 1 <= stats["kept"] <= 8
+    assert done["train_rows"] == stats["kept"] or stats.get("fallback")

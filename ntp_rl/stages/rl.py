@@ -63,6 +63,67 @@ def resolve_stage_rewards(
     return rewards, [spec.weight for spec in specs]
 
 
+def filter_prompts(model, tokenizer, train, reward_funcs, weights, settings, args, seed: int):
+    """Keep the prompts whose weighted reward varies over `settings.samples` completions of the policy.
+
+    Returns (filtered dataset, statistics). Falls back to the unfiltered candidates, with a warning,
+    when too few prompts survive to fill one generation batch.
+    """
+    from ntp_rl.generation import Decoding, generate
+
+    candidates = train.shuffle(seed=seed).select(range(min(settings.candidates, len(train))))
+    decoding = Decoding(
+        num_samples=settings.samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=settings.max_new_tokens or args.max_completion_length,
+        seed=seed,
+    )
+    logger.info("prompt filter: sampling %d x %d completions", len(candidates), settings.samples)
+    generations = generate(model, tokenizer, list(candidates["prompt"]), decoding, settings.batch_size)
+    n = settings.samples
+    texts = [text for gen in generations for text in gen.texts]
+    columns = {
+        name: [value for value in candidates[name] for _ in range(n)]
+        for name in candidates.column_names
+        if name != "prompt"
+    }
+    prompts = [p for p in candidates["prompt"] for _ in range(n)]
+    completions = [[{"role": "assistant", "content": text}] for text in texts]
+    totals = [0.0] * len(texts)
+    first_reward_mean = None
+    for fn, weight in zip(reward_funcs, weights, strict=True):
+        values = fn(prompts=prompts, completions=completions, **columns)
+        scored = [0.0 if v is None else float(v) for v in values]
+        if first_reward_mean is None:
+            first_reward_mean = sum(scored) / len(scored)
+        totals = [t + weight * v for t, v in zip(totals, scored, strict=True)]
+    keep = [
+        i
+        for i in range(len(candidates))
+        if max(totals[i * n : (i + 1) * n]) - min(totals[i * n : (i + 1) * n]) >= settings.min_spread
+    ]
+    stats = {
+        "candidates": len(candidates),
+        "kept": len(keep),
+        "start_policy_mean_first_reward": first_reward_mean,
+    }
+    prompts_per_batch = max(1, args.generation_batch_size // args.num_generations)
+    if len(keep) < prompts_per_batch:
+        logger.warning(
+            "prompt filter kept %d of %d prompts, fewer than one generation batch (%d); training on all candidates",
+            len(keep),
+            len(candidates),
+            prompts_per_batch,
+        )
+        stats["fallback"] = True
+        return candidates, stats
+    logger.info(
+        "prompt filter kept %d of %d prompts (reward varies across samples)", len(keep), len(candidates)
+    )
+    return candidates.select(keep), stats
+
+
 def init_adapter_dir(ctx: StageContext) -> Path | None:
     """The adapter the policy starts from: `init_from`, else the nearest earlier SFT stage."""
     stage: RlStage = ctx.stage  # type: ignore[assignment]
@@ -133,6 +194,12 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
     else:
         peft_config = build_dataclass(LoraConfig, ctx.recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
 
+    filter_stats = None
+    if stage.prompt_filter is not None:  # deterministic: a resumed stage gets the same prompts back
+        train, filter_stats = filter_prompts(
+            model, tokenizer, train, reward_funcs, weights, stage.prompt_filter, args, ctx.recipe.run.seed
+        )
+
     if stage.algorithm == "rloo":
         from trl import RLOOTrainer as Trainer
     else:
@@ -165,4 +232,5 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         "global_step": trainer.state.global_step,
         "resumed_from": resume,
         "reward_names": [f.__name__ for f in reward_funcs],
+        "prompt_filter": filter_stats,
     }
