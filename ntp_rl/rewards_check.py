@@ -151,8 +151,10 @@ def _adapter_base(adapter: Path, recipe: Recipe) -> str:
 def load_policy(policy: Policy, trust_remote_code: bool):
     import torch
 
-    from ntp_rl.models import load_causal_lm, load_tokenizer
+    from ntp_rl.models import check_adapter_weights, load_causal_lm, load_tokenizer
 
+    if policy.adapter is not None:  # before any model loads; peft would unpickle a .bin adapter
+        check_adapter_weights(Path(policy.adapter), "--model")
     tokenizer = load_tokenizer(policy.base, trust_remote_code)  # the base's tokenizer, as in training
     model = load_causal_lm(policy.base, policy.dtype, trust_remote_code)
     if policy.adapter is not None:

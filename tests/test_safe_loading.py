@@ -76,3 +76,16 @@ def test_model_loader_asks_for_safetensors(monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
     assert models.load_causal_lm("somewhere") == "model"
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False
+
+
+def test_eval_and_rewards_check_refuse_a_pickled_adapter_before_loading_a_model(tmp_path):
+    from ntp_rl.evaluation.checkpoints import Checkpoint, LoadedGroup
+    from ntp_rl.rewards_check import Policy, load_policy
+
+    adapter = _adapter_folder(tmp_path / "a", "adapter_model.bin")
+    missing_base = str(tmp_path / "no-model")  # would fail differently if a model load were tried
+    member = Checkpoint(label="sft", spec="x", base=missing_base, adapter=adapter)
+    with pytest.raises(UserError, match="checkpoint 'sft': .*only pickled weights"):
+        LoadedGroup(missing_base, [member], "float32", False)
+    with pytest.raises(UserError, match="--model: .*only pickled weights"):
+        load_policy(Policy(base=missing_base, adapter=adapter, dtype="float32", label="p"), False)

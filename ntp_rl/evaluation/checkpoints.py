@@ -153,8 +153,11 @@ class LoadedGroup:
     """One base model with its checkpoints' adapters loaded side by side (one PeftModel)."""
 
     def __init__(self, base: str, members: Sequence[Checkpoint], dtype: str, trust_remote_code: bool):
-        from ntp_rl.models import load_causal_lm, load_tokenizer
+        from ntp_rl.models import check_adapter_weights, load_causal_lm, load_tokenizer
 
+        for member in members:  # before any model loads; peft would unpickle a .bin adapter
+            if member.adapter is not None:
+                check_adapter_weights(Path(member.adapter), f"checkpoint {member.label!r}")
         self.base = base
         self.members = list(members)
         self.tokenizer = load_tokenizer(base, trust_remote_code)
