@@ -163,6 +163,15 @@ def test_compare_combines_reports_and_pairs_them(reports, tmp_path):
     assert [s["path"] for s in combined["provenance"]["sources"]][1] == str(reports[1])
 
 
+def test_compare_of_reports_on_different_items_is_side_by_side_only(run, reports, tmp_path):
+    out = tmp_path / "unpaired"
+    assert main(["compare", str(run / "eval"), str(reports[0]), "--out", str(out)]) == 0
+    combined = _load(out)
+    assert list(combined["summary"]) == ["base", "sft", "base@a", "sft@a"]
+    assert combined["comparisons"] == {} and "different items" in combined["note"]
+    assert "different items" in (out / "report.md").read_text()
+
+
 class _Counter(HTMLParser):
     def __init__(self):
         super().__init__()
