@@ -49,6 +49,10 @@ BAD_SUITES = [
     ({"answer_check": "regex"}, ["answer_check"]),
     ({"metrics": ["accuracy", "accuracy"]}, ["metrics: metric(s) ['accuracy'] listed twice"]),
     ({"spilt": "test"}, ["spilt: unknown key", "did you mean split"]),
+    (
+        {"kl_to_base": {"max_exampels": 8}},
+        ["kl_to_base.max_exampels: unknown key", "did you mean max_examples"],
+    ),
 ]
 
 
@@ -65,6 +69,8 @@ def test_suite_errors_name_key_paths(raw, fragments):
 def test_overrides_and_unknown_metric_and_scorer(tmp_path):
     suite, _ = load_suite("eval/arithmetic.yaml", ["max_examples=5", "generation.num_samples=2"])
     assert suite.max_examples == 5 and suite.generation.num_samples == 2
+    assert validate_suite({"kl_to_base": False}, "s").kl_to_base is None
+    assert validate_suite({"kl_to_base": True}, "s").kl_to_base.max_examples == 64
     with pytest.raises(UserError, match=r"generation\.num_smples: unknown key; did you mean num_samples"):
         load_suite("eval/arithmetic.yaml", ["generation.num_smples=2"])
     with pytest.raises(

@@ -257,10 +257,14 @@ def run_suite(
                     "values": nll,
                     "on": suite.reference_nll.column,
                 }
-            if suite.kl_to_base and checkpoint.adapter is not None:
+            if suite.kl_to_base is not None and checkpoint.adapter is not None:
                 # On the checkpoint's own completions: the sampled ones when there are any.
                 mode = "sampled" if "sampled" in results[checkpoint.label] else "greedy"
-                per_item = results[checkpoint.label][mode]["token_ids"]
+                kl_items = suite.kl_to_base.max_examples or len(prompts)
+                per_item = [
+                    item[: suite.kl_to_base.samples_per_item]
+                    for item in results[checkpoint.label][mode]["token_ids"][:kl_items]
+                ]
                 pairs = [(prompt_ids[i], ids) for i, item in enumerate(per_item) for ids in item]
                 kl = per_token_kl(
                     group.model,
@@ -274,7 +278,10 @@ def run_suite(
                 for item in per_item:
                     grouped.append([v for values in kl[start : start + len(item)] for v in values])
                     start += len(item)
-                measures[checkpoint.label]["kl_to_base"] = {"values": grouped, "on": f"{mode} completions"}
+                measures[checkpoint.label]["kl_to_base"] = {
+                    "values": grouped,
+                    "on": f"{mode} completions (up to {suite.kl_to_base.samples_per_item} per item)",
+                }
         del group  # free the model before the next base loads
     bar.close()
 

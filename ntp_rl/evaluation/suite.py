@@ -93,6 +93,24 @@ class ReferenceNllSettings(StrictModel):
     max_examples: int | None = Field(64, gt=0)
 
 
+class KlSettings(StrictModel):
+    """KL(checkpoint || base) per token, on the checkpoint's own completions (adapter checkpoints only).
+
+    It costs two forward passes (adapter on, adapters off) over each scored completion and its prompt,
+    more than generating it, so a subset is scored: the first `max_examples` items and the first
+    `samples_per_item` of each item's samples (the sampled completions when there are any, else the
+    greedy ones). A few thousand tokens give a tight interval.
+    """
+
+    max_examples: int | None = Field(64, gt=0)
+    samples_per_item: int = Field(1, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+
 class EvalSuite(StrictModel):
     name: str = "suite"
     description: str = ""
@@ -110,13 +128,19 @@ class EvalSuite(StrictModel):
         default_factory=lambda: [RewardSpecSettings(name="math_accuracy")]
     )
     metrics: list[MetricSpec] = Field(default_factory=lambda: default_metrics())
-    # KL(checkpoint || its base with adapters disabled), per token, on the checkpoint's completions.
-    kl_to_base: bool = True
+    # KL(checkpoint || its base with adapters disabled), per token, on the checkpoint's completions
+    # (`true` = the defaults, `null` or `false` = skip).
+    kl_to_base: KlSettings | None = Field(default_factory=KlSettings)
     reference_nll: ReferenceNllSettings | None = Field(default_factory=ReferenceNllSettings)
     # Sequences per forward pass for KL and NLL (the logits over the vocabulary dominate memory).
     score_batch_size: int = Field(8, gt=0)
     # Examples of each kind of flip (wrong->right, right->wrong) kept in the report.
     flip_examples: int = Field(3, ge=0)
+
+    @field_validator("kl_to_base", mode="before")
+    @classmethod
+    def _kl_off(cls, value: Any) -> Any:
+        return None if value is False else value
 
     @field_validator("metrics")
     @classmethod
@@ -126,13 +150,6 @@ class EvalSuite(StrictModel):
         if duplicated:
             raise ValueError(f"metric(s) {duplicated} listed twice")
         return value
-
-    def modes(self) -> list[str]:
-        return [
-            m
-            for m in MODES
-            if (m == "greedy" and self.generation.greedy) or (m == "sampled" and self.generation.num_samples)
-        ]
 
 
 def default_metrics() -> list[MetricSpec]:
