@@ -43,8 +43,12 @@ RECIPE = {
 }
 
 
-def _kill_at_step(path, output_dir, stage_dir, step: int, extra_delay: float) -> None:
-    """Start a run, wait until `step` steps are logged (plus a random delay), then SIGKILL it."""
+def _kill_at_step(path, output_dir, stage_dir, step: int, fraction: float) -> None:
+    """Start a run, wait until step `step` is logged and `fraction` of a step more, then SIGKILL it.
+
+    The extra wait is a fraction of the measured step time, so the kill lands somewhere in the next
+    step (its forward, backward, or a checkpoint being written), whatever the machine's speed.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ntp_rl", "train", str(path), "--output-dir", str(output_dir)],
@@ -55,13 +59,19 @@ def _kill_at_step(path, output_dir, stage_dir, step: int, extra_delay: float) ->
     metrics = stage_dir / "metrics.jsonl"
     start_lines = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
     deadline = time.time() + 180
+    step_seconds = 0.2
     try:
         while time.time() < deadline and proc.poll() is None:
-            lines = metrics.read_text().splitlines() if metrics.is_file() else []
-            if len(lines) > start_lines and json.loads(lines[-1]).get("step", 0) >= step:
+            lines = (
+                [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+            )
+            new = lines[start_lines:]
+            if new and new[-1].get("step", 0) >= step:
+                if len(new) >= 2 and "time" in new[-1] and "time" in new[-2]:
+                    step_seconds = new[-1]["time"] - new[-2]["time"]
                 break
-            time.sleep(0.05)
-        time.sleep(extra_delay)
+            time.sleep(0.02)
+        time.sleep(fraction * step_seconds)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -70,9 +80,10 @@ def _kill_at_step(path, output_dir, stage_dir, step: int, extra_delay: float) ->
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_model_path):
     seed = int(os.environ.get("NTP_RL_KILL_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    kills = sorted(rng.sample(range(1, MAX_STEPS), 2))
-    delays = [rng.uniform(0.0, 0.5) for _ in kills]
-    replay = f"NTP_RL_KILL_SEED={seed} (kills after steps {kills}, delays {delays})"
+    # At least two steps remain after the last kill point, so the kill lands before the run ends.
+    kills = sorted(rng.sample(range(1, MAX_STEPS - 1), 2))
+    fractions = [rng.random() for _ in kills]
+    replay = f"NTP_RL_KILL_SEED={seed} (kills in the step after {kills}, at fractions {fractions})"
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(RECIPE))
 
@@ -81,8 +92,8 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_mode
 
     killed_root = tmp_path / "killed"
     stage = killed_root / "k" / "sft"
-    for step, delay in zip(kills, delays, strict=True):
-        _kill_at_step(path, killed_root, stage, step, delay)
+    for step, fraction in zip(kills, fractions, strict=True):
+        _kill_at_step(path, killed_root, stage, step, fraction)
     assert not (stage / "COMPLETE").exists(), replay
     assert main(["train", str(path), "--output-dir", str(killed_root)]) == 0, replay
     resumed = load_file(stage / "adapter" / "adapter_model.safetensors")
