@@ -226,7 +226,10 @@ class Recipe(StrictModel):
         return stage.data or self.data
 
     def config_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Hash of what the run computes; where its folder lives (run.output_dir) is not part of it."""
+        config = self.model_dump(mode="json")
+        config["run"].pop("output_dir", None)
+        canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -510,7 +513,12 @@ SMOKE_TRAINER = {
     "gradient_accumulation_steps": 1,
     "warmup_steps": 0,  # so that two steps really move the weights
 }
-SMOKE_RL_TRAINER = {"num_generations": 2, "max_completion_length": 12, "generation_batch_size": None}
+SMOKE_RL_TRAINER = {
+    "num_generations": 2,
+    "max_completion_length": 12,
+    "generation_batch_size": None,
+    "use_vllm": False,  # smoke runs check a recipe on any machine, vLLM or not
+}
 SMOKE_PROMPT_FILTER = {"candidates": 8, "samples": 2, "batch_size": 16}
 SMOKE_EVAL = {"max_examples": 4, "num_samples": 2, "max_new_tokens": 8, "batch_size": 8}
 SMOKE_DATA = {
