@@ -84,6 +84,12 @@ class DataSettings(StrictModel):
     max_train_examples: int | None = Field(None, gt=0)
     max_test_examples: int | None = Field(None, gt=0)
     arithmetic: ArithmeticOptions = Field(default_factory=ArithmeticOptions)
+    # A named source layout: `hh` = Anthropic HH (`chosen`/`rejected` full transcripts with
+    # "\n\nHuman:" / "\n\nAssistant:" turns), split into a shared prompt and the two final responses.
+    format: Literal["hh"] | None = None
+    # Preference data: drop pairs that are identical, empty or unparseable (counted in the log) instead
+    # of stopping with an error naming the first; for large public sets with a few broken rows.
+    skip_invalid_pairs: bool = False
 
     @field_validator("answer_pattern")
     @classmethod
@@ -135,15 +141,28 @@ class SftStage(TrainingStage):
 class RewardSpecSettings(StrictModel):
     name: str | None = None
     path: str | None = None
+    # A learned reward model: a reward_model stage of this run (by name), its folder, or a hub id.
+    reward_model: str | None = None
     weight: float = 1.0
     kwargs: dict[str, Any] = Field(default_factory=dict)
     on_error: Literal["raise", "skip"] = "raise"
+    # A gold signal (the true objective) watched beside a learned reward for over-optimisation;
+    # logged with weight 0 unless the recipe gives it a weight.
+    gold: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gold_weight(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("gold") is True and "weight" not in data:
+            data = {**data, "weight": 0.0}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardSpecSettings:
-        if (self.name is None) == (self.path is None):
+        if sum(x is not None for x in (self.name, self.path, self.reward_model)) != 1:
             raise ValueError(
-                "give exactly one of `name` (a built-in reward) or `path` (module:attr or file.py:attr)"
+                "give exactly one of `name` (a built-in reward), `path` (module:attr or file.py:attr) "
+                "or `reward_model` (a reward_model stage of this run, its folder, or a hub id)"
             )
         return self
 
@@ -180,6 +199,15 @@ class RlStage(TrainingStage):
         return value
 
 
+class RewardModelStage(TrainingStage):
+    """A scalar reward model (base + LoRA + one score head) trained on preference pairs (TRL RewardTrainer)."""
+
+    kind: Literal["reward_model"]
+    # Held-out pairs (test split) on which pairwise accuracy and margin are measured before and after
+    # training (0 = skip).
+    eval_examples: int = Field(200, ge=0)
+
+
 class EvalStage(StageBase):
     """Greedy and sampled accuracy of the base and the run's trained stages on held-out prompts."""
 
@@ -201,8 +229,17 @@ class EvalStage(StageBase):
     checkpoints: list[str] | None = None
 
 
-Stage = Annotated[Union[SftStage, RlStage, EvalStage], Field(discriminator="kind")]  # noqa: UP007
-STAGE_KINDS = ("sft", "rl", "eval")
+Stage = Annotated[
+    Union[SftStage, RewardModelStage, RlStage, EvalStage],  # noqa: UP007
+    Field(discriminator="kind"),
+]
+STAGE_KINDS = ("sft", "reward_model", "rl", "eval")
+STAGE_CLASSES: dict[str, type[StageBase]] = {
+    "sft": SftStage,
+    "reward_model": RewardModelStage,
+    "rl": RlStage,
+    "eval": EvalStage,
+}
 
 
 class Recipe(StrictModel):
@@ -259,7 +296,7 @@ def _model_at(loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
         if isinstance(part, int):  # a list index: `model` is already the element type
             continue
         if part in STAGE_KINDS and isinstance(model, type) and issubclass(model, StageBase):
-            model = {"sft": SftStage, "rl": RlStage, "eval": EvalStage}[part]  # discriminator tag
+            model = STAGE_CLASSES[part]  # discriminator tag
             continue
         field = (
             model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
@@ -289,7 +326,7 @@ def _validation_message(error: ValidationError, raw: dict, source: str) -> str:
         loc = tuple(item["loc"])
         # pydantic inserts the discriminator tag ('sft'/'rl') into stage locations; drop it from the path.
         shown = tuple(
-            p for i, p in enumerate(loc) if not (i == 2 and loc[0] == "stages" and p in ("sft", "rl"))
+            p for i, p in enumerate(loc) if not (i == 2 and loc[0] == "stages" and p in STAGE_KINDS)
         )
         path = format_path(shown) or "(top level)"
         if item["type"] == "extra_forbidden":
@@ -401,6 +438,10 @@ def trainer_config_class(stage: TrainingStage) -> type:
         from trl import GRPOConfig
 
         return GRPOConfig
+    if isinstance(stage, RewardModelStage):
+        from trl import RewardConfig
+
+        return RewardConfig
     raise TypeError(stage)
 
 
@@ -557,7 +598,7 @@ def apply_smoke(raw: dict) -> None:
                 trainer.update(SMOKE_RL_TRAINER)
                 if isinstance(stage.get("prompt_filter"), dict):
                     stage["prompt_filter"].update(SMOKE_PROMPT_FILTER)
-        if stage.get("kind") == "sft":
+        if stage.get("kind") in ("sft", "reward_model"):
             stage["eval_examples"] = min(int(stage.get("eval_examples", 4) or 0), 4)
 
 

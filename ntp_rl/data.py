@@ -19,7 +19,7 @@ from ntp_rl.errors import UserError
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SYNTHETIC_PREFIX = "synthetic:"
-SYNTHETIC_TASKS = ("arithmetic",)
+SYNTHETIC_TASKS = ("arithmetic", "preferences")
 
 
 def _source_label(data: DataSettings) -> str:
@@ -34,12 +34,14 @@ def _load_synthetic(data: DataSettings, split: str, seed: int):
         raise UserError(
             f"{_source_label(data)}: unknown synthetic task; available: {', '.join(SYNTHETIC_TASKS)}"
         )
-    from ntp_rl.tasks import arithmetic
+    from ntp_rl.tasks import arithmetic, preferences
 
+    # `preferences` pairs responses to the arithmetic problems: the same options, the same split.
+    generate = {"arithmetic": arithmetic.generate, "preferences": preferences.generate}[task]
     options = data.arithmetic
     num = options.num_train if split == data.train_split else options.num_test
     task_split = "train" if split == data.train_split else "test"
-    rows = arithmetic.generate(task_split, num, seed=seed, two_step_fraction=options.two_step_fraction)
+    rows = generate(task_split, num, seed=seed, two_step_fraction=options.two_step_fraction)
     return Dataset.from_list(rows)
 
 
@@ -145,6 +147,10 @@ def load_rows(data: DataSettings, split: str, seed: int, base_dir: Path | None =
     dataset = _apply_column_map(dataset, data)
     if len(dataset) == 0:
         raise UserError(f"{_source_label(data)}: split {split!r} is empty")
+    if data.format == "hh":
+        from ntp_rl.preference_data import parse_hh_rows
+
+        dataset = parse_hh_rows(dataset, data, split)
     limit = data.max_train_examples if split == data.train_split else data.max_test_examples
     if limit is not None and len(dataset) > limit:
         dataset = dataset.select(range(limit))
@@ -212,11 +218,15 @@ def _as_messages(value: Any, role: str) -> list[dict[str, str]]:
 
 
 def to_sft_format(dataset, where: str):
-    """Conversational prompt/completion rows for SFTTrainer (loss on completions only by default)."""
+    """Conversational prompt/completion rows for SFTTrainer (loss on completions only by default).
+
+    The completion is the `completion` column, else `solution`, else the preferred response `chosen`
+    of preference data (SFT on the chosen responses before reward modelling and RLHF).
+    """
     if "messages" in dataset.column_names:
         return dataset.select_columns(["messages"])
-    require_columns(dataset, [["prompt", "completion"], ["prompt", "solution"]], where)
-    target = "completion" if "completion" in dataset.column_names else "solution"
+    require_columns(dataset, [["prompt", "completion"], ["prompt", "solution"], ["prompt", "chosen"]], where)
+    target = next(c for c in ("completion", "solution", "chosen") if c in dataset.column_names)
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         return {

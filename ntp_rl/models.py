@@ -254,3 +254,33 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     )
+
+
+def load_sequence_classifier(
+    path: str, dtype: str = "float32", trust_remote_code: bool = False, pad_token_id: int | None = None
+):
+    """A one-output sequence classifier (a reward model's score) from safetensors only.
+
+    A causal LM folder loads with a fresh, seeded-by-the-caller score head (transformers' warning
+    about the missing `score.weight` is expected and silenced). `pad_token_id` goes on the config:
+    the classifier scores the last token that is not padding.
+    """
+    import contextlib
+
+    from transformers import AutoModelForSequenceClassification
+
+    try:  # TRL's scoped silencing of the expected "score.weight missing / lm_head unexpected" report
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+    except ImportError:  # pragma: no cover - an older or newer TRL without it: just noisier
+        suppress_seqcls_warning = contextlib.nullcontext
+    with suppress_seqcls_warning():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=1,
+            dtype=torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model

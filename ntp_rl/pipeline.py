@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ntp_rl.config import EvalStage, Recipe, RlStage, SftStage
+from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage
 from ntp_rl.errors import UserError
 from ntp_rl.stages.common import StageContext, read_completion, write_completion
 
@@ -155,6 +155,10 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
         from ntp_rl.stages.sft import run_sft
 
         return run_sft(ctx)
+    if isinstance(ctx.stage, RewardModelStage):
+        from ntp_rl.stages.reward_model import run_reward_model
+
+        return run_reward_model(ctx)
     if isinstance(ctx.stage, RlStage):
         from ntp_rl.stages.rl import run_rl
 

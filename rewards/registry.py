@@ -5,6 +5,7 @@ A recipe lists rewards as `{name|path, weight, kwargs, on_error}`:
     - {name: math_accuracy, weight: 1.0}                               # a key of BUILTIN_REWARDS
     - {path: my_pkg.rewards:brevity, weight: 0.2, kwargs: {max_words: 120}}   # an importable attribute
     - {path: ./my_rewards.py:brevity}                                  # a file: the recipe's folder, then cwd
+    - {reward_model: runs/x/reward_model, kwargs: {normalize: batch}}  # a learned reward model (learned.py)
 
 `resolve_reward` imports the target, instantiates a class with `kwargs` (or binds `kwargs` to a
 function), checks that TRL can call it and that it pickles, and returns it inside a `GuardedReward`
@@ -58,27 +59,33 @@ _WITHHELD_COLUMNS = frozenset({"prompt", "completion", "completion_ids"})
 
 @dataclass
 class RewardSpec:
-    """One entry of a recipe's `rewards:` list: exactly one of `name` (a built-in) or `path`.
+    """One entry of a recipe's `rewards:` list: exactly one of `name` (a built-in), `path` or `reward_model`.
 
     Args:
         name: a key of `BUILTIN_REWARDS`.
         path: `package.module:attr` or `path/to/file.py:attr` (relative to the recipe's folder, then cwd).
+        reward_model: a learned reward model (`LearnedReward`): a reward_model stage folder, an adapter or
+            sequence-classification model folder (relative to the recipe's folder, then cwd), or a hub id.
         weight: the reward's weight in TRL's weighted sum (`reward_weights`); 0 logs it without training on it.
         kwargs: constructor arguments of a class, or keyword arguments bound to a function.
         on_error: "raise" stops the run on a failing reward; "skip" scores the failing samples None.
+        gold: the reward is a gold signal, watched beside a learned reward for over-optimisation.
     """
 
     name: str | None = None
     path: str | None = None
+    reward_model: str | None = None
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     on_error: OnError = "raise"
+    gold: bool = False
 
     def __post_init__(self) -> None:
-        if (self.name is None) == (self.path is None):
+        if sum(x is not None for x in (self.name, self.path, self.reward_model)) != 1:
             raise RewardSpecError(
                 f"reward spec ({self.describe()}): give exactly one of `name` (a built-in: "
-                f"{', '.join(BUILTIN_REWARDS)}) or `path` (`package.module:attr` or `path/to/file.py:attr`)"
+                f"{', '.join(BUILTIN_REWARDS)}), `path` (`package.module:attr` or `path/to/file.py:attr`) "
+                "or `reward_model` (a reward model folder or hub id)"
             )
         if (
             isinstance(self.weight, bool)
@@ -98,11 +105,11 @@ class RewardSpec:
             )
 
     def describe(self) -> str:
-        if self.name is not None and self.path is None:
-            return f"name {self.name}"
-        if self.path is not None and self.name is None:
-            return f"path {self.path}"
-        return f"name {self.name!r}, path {self.path!r}"
+        sources = {"name": self.name, "path": self.path, "reward_model": self.reward_model}
+        given = [(key, value) for key, value in sources.items() if value is not None]
+        if len(given) == 1:
+            return f"{given[0][0]} {given[0][1]}"
+        return ", ".join(f"{k} {v!r}" for k, v in given) or "no name, path or reward_model"
 
 
 def resolve_reward(
@@ -111,16 +118,26 @@ def resolve_reward(
     *,
     where: str = "reward",
     available_columns: Iterable[str] | None = None,
+    unbuilt_reward_models: frozenset[str] = frozenset(),
 ) -> GuardedReward:
     """The spec's reward, checked and inside its `GuardedReward`.
 
     `where` names the spec in messages (e.g. "stages.rl.rewards[1]"); `base_dir` is the recipe's
     folder, against which relative file paths are tried first; `available_columns`, when known,
-    are checked with `check_reward_columns`.
+    are checked with `check_reward_columns`. `unbuilt_reward_models`: reward model folders that an
+    earlier stage of the run will write, accepted before they exist.
     """
     label = f"{where} ({spec.describe()})"
-    target = _load_target(spec, base_dir, label)
-    reward = _bind_settings(target, spec.kwargs, label)
+    if spec.reward_model is not None:
+        from .learned import LearnedReward, resolve_reward_model_path
+
+        if "model" in spec.kwargs:
+            raise RewardSpecError(f"{label}: kwargs cannot set `model`; the spec's reward_model names it")
+        folder = resolve_reward_model_path(spec.reward_model, base_dir, label, unbuilt_reward_models)
+        reward = _bind_settings(LearnedReward, {"model": folder, **spec.kwargs}, label)
+    else:
+        target = _load_target(spec, base_dir, label)
+        reward = _bind_settings(target, spec.kwargs, label)
     _check_signature(reward, label)
     guarded = GuardedReward(reward, _callable_name(reward), spec.on_error, origin=label)
     try:
@@ -141,13 +158,20 @@ def resolve_rewards(
     *,
     where: str = "rewards",
     available_columns: Iterable[str] | None = None,
+    unbuilt_reward_models: frozenset[str] = frozenset(),
 ) -> list[GuardedReward]:
     """Resolve a recipe's reward list; a name used twice gets a suffix (`brevity_2`) so TRL logs both."""
     columns = None if available_columns is None else list(available_columns)
     rewards: list[GuardedReward] = []
     seen: dict[str, int] = {}
     for index, spec in enumerate(specs):
-        reward = resolve_reward(spec, base_dir, where=f"{where}[{index}]", available_columns=columns)
+        reward = resolve_reward(
+            spec,
+            base_dir,
+            where=f"{where}[{index}]",
+            available_columns=columns,
+            unbuilt_reward_models=unbuilt_reward_models,
+        )
         seen[reward.__name__] = seen.get(reward.__name__, 0) + 1
         if seen[reward.__name__] > 1:
             reward.__name__ = f"{reward.__name__}_{seen[reward.__name__]}"

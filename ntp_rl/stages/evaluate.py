@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ntp_rl.config import EvalStage, Recipe, RewardSpecSettings, RlStage, TrainingStage
+from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RewardSpecSettings, RlStage, TrainingStage
 from ntp_rl.errors import UserError
 from ntp_rl.evaluation.checkpoints import Checkpoint
 from ntp_rl.evaluation.report import BASE, render_markdown, summary_text
@@ -48,7 +48,11 @@ _STAGE_TO_SUITE = {
 def eval_checkpoints(ctx: StageContext) -> list[tuple[str, Path | None]]:
     """(label, adapter folder) for the base and each evaluated stage, in recipe order."""
     stage: EvalStage = ctx.stage  # type: ignore[assignment]
-    trained = [s.stage_name for s in ctx.recipe.stages[: ctx.index] if isinstance(s, TrainingStage)]
+    trained = [
+        s.stage_name
+        for s in ctx.recipe.stages[: ctx.index]
+        if isinstance(s, TrainingStage) and not isinstance(s, RewardModelStage)  # policies only
+    ]
     wanted = stage.checkpoints if stage.checkpoints is not None else trained
     unknown = [name for name in wanted if name not in trained]
     if unknown:
@@ -58,12 +62,21 @@ def eval_checkpoints(ctx: StageContext) -> list[tuple[str, Path | None]]:
     return [(BASE, None)] + [(name, ctx.run_dir / name / ADAPTER_DIR) for name in wanted]
 
 
-def _training_rewards(recipe: Recipe, index: int) -> list[RewardSpecSettings]:
-    """The reward specs of the run's earlier rl stages, each once: training and eval score alike."""
+def _training_rewards(recipe: Recipe, index: int, run_dir: Path | None = None) -> list[RewardSpecSettings]:
+    """The reward specs of the run's earlier rl stages, each once: training and eval score alike.
+
+    A reward model named by its stage is that stage's folder in `run_dir`; without a run folder (the
+    pre-flight check, before the stage has run) it is left out.
+    """
+    stage_names = {s.stage_name for s in recipe.stages}
     seen, specs = set(), []
     for stage in recipe.stages[:index]:
         if isinstance(stage, RlStage):
             for spec in stage.rewards:
+                if spec.reward_model in stage_names:
+                    if run_dir is None:
+                        continue
+                    spec = spec.model_copy(update={"reward_model": str(run_dir / spec.reward_model)})
                 key = json.dumps(spec.model_dump(exclude={"weight"}), sort_keys=True)
                 if key not in seen:
                     seen.add(key)
@@ -72,7 +85,7 @@ def _training_rewards(recipe: Recipe, index: int) -> list[RewardSpecSettings]:
 
 
 def stage_suite(
-    recipe: Recipe, stage: EvalStage, index: int, recipe_dir: Path
+    recipe: Recipe, stage: EvalStage, index: int, recipe_dir: Path, run_dir: Path | None = None
 ) -> tuple[EvalSuite, Path | None]:
     """The suite an eval stage runs: its `suite:` file with explicit inline overrides, or its inline settings."""
     where = f"stages[{index}] ({stage.stage_name})"
@@ -116,7 +129,7 @@ def stage_suite(
             seed=stage.seed,
             batch_size=stage.batch_size,
         ),
-        scorers=_training_rewards(recipe, index),
+        scorers=_training_rewards(recipe, index, run_dir),
         metrics=default_metrics(),
         reference_nll=reference,
     )
@@ -139,7 +152,7 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
     from ntp_rl.evaluation.harness import run_suite
 
     stage: EvalStage = ctx.stage  # type: ignore[assignment]
-    suite, suite_file = stage_suite(ctx.recipe, stage, ctx.index, ctx.recipe_dir)
+    suite, suite_file = stage_suite(ctx.recipe, stage, ctx.index, ctx.recipe_dir, ctx.run_dir)
     checkpoints = []
     for name, adapter in eval_checkpoints(ctx):
         if adapter is not None and not (adapter / "adapter_config.json").is_file():

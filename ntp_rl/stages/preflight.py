@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ntp_rl.config import EvalStage, Recipe, RlStage, SftStage, StageBase
+from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage, StageBase
 from ntp_rl.data import load_rows, to_prompt_format, to_sft_format
 from ntp_rl.errors import UserError
 from ntp_rl.models import check_model_reference
@@ -31,13 +31,17 @@ def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) 
         to_sft_format(load_rows(data, data.train_split, recipe.run.seed, recipe_dir), where)
         if stage.eval_examples:
             to_sft_format(load_rows(data, data.test_split, recipe.run.seed, recipe_dir), where)
+    elif isinstance(stage, RewardModelStage):
+        from ntp_rl.stages.reward_model import prepare_preference_data
+
+        prepare_preference_data(recipe, stage, index, recipe_dir)
     elif isinstance(stage, RlStage):
         check_vllm(stage, index)
         train = load_rows(data, data.train_split, recipe.run.seed, recipe_dir)
         to_prompt_format(train, where)
         from ntp_rl.stages.rl import resolve_stage_rewards
 
-        resolve_stage_rewards(stage, index, train.column_names, recipe_dir, check_data=train)
+        resolve_stage_rewards(stage, index, train.column_names, recipe_dir, check_data=train, recipe=recipe)
     elif isinstance(stage, EvalStage):
         # The suite (file or inline), its data and columns, gold answers, scorers, metric modules.
         from ntp_rl.stages.evaluate import check_eval_stage

@@ -16,11 +16,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ntp_rl.config import RlStage, SftStage, build_dataclass
+from ntp_rl.config import Recipe, RewardModelStage, RlStage, SftStage, build_dataclass
 from ntp_rl.data import load_rows, to_prompt_format
 from ntp_rl.errors import UserError
 from ntp_rl.models import check_adapter_weights, load_causal_lm, load_tokenizer
 from ntp_rl.stages.common import ADAPTER_DIR, StageContext, last_checkpoint, stage_callbacks
+from ntp_rl.stages.overoptimisation import monitor_for
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +40,69 @@ RL_DEFAULTS: dict[str, Any] = {
     "save_total_limit": None,
     "report_to": "none",
 }
+# KL coefficient when a learned reward model scores the policy and the recipe sets no `beta`: RLHF
+# keeps the policy near its start, where the reward model's judgement holds (InstructGPT-style).
+RLHF_DEFAULT_BETA = 0.05
+
+
+def rlhf_trainer_defaults(stage: RlStage) -> dict[str, Any]:
+    return {"beta": RLHF_DEFAULT_BETA} if any(s.reward_model is not None for s in stage.rewards) else {}
+
+
+def reward_model_stage_folder(
+    recipe: Recipe, index: int, reward_index: int, name: str, run_dir: Path | None
+) -> Path | None:
+    """The folder of the reward_model stage `name` of this run (None: `name` is not a stage of the recipe)."""
+    names = [s.stage_name for s in recipe.stages]
+    if name not in names:
+        return None
+    target = names.index(name)
+    where = f"stages[{index}].rewards[{reward_index}].reward_model"
+    if not isinstance(recipe.stages[target], RewardModelStage):
+        raise UserError(
+            f"{where}: stage {name!r} is a {recipe.stages[target].kind} stage, not a reward_model stage"
+        )
+    if target >= index:
+        raise UserError(f"{where}: the reward_model stage {name!r} must come before this rl stage")
+    return (run_dir or Path(recipe.run.output_dir) / recipe.run.name) / name
 
 
 def resolve_stage_rewards(
-    stage: RlStage, index: int, columns: list[str], recipe_dir: Path, check_data=None
+    stage: RlStage,
+    index: int,
+    columns: list[str],
+    recipe_dir: Path,
+    check_data=None,
+    *,
+    recipe: Recipe | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[list[Any], list[float]]:
     """Resolve and check every reward spec of a stage; errors name `stages[i].rewards[j]` (exit 2).
 
     With `check_data`, gold answers are parsed once up front for `math_accuracy`: an unparseable
-    gold answer is a data error before training, never a free reward.
+    gold answer is a data error before training, never a free reward. With `recipe`, a
+    `reward_model:` naming a stage of the recipe is that stage's folder in `run_dir`; without a
+    `run_dir` (the pre-flight check) that folder need not exist yet.
     """
     from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
 
-    specs = [RewardSpec(**settings.model_dump()) for settings in stage.rewards]
-    rewards = resolve_rewards(specs, recipe_dir, where=f"stages[{index}].rewards", available_columns=columns)
+    specs, unbuilt = [], set()
+    for reward_index, settings in enumerate(stage.rewards):
+        spec = RewardSpec(**settings.model_dump())
+        if spec.reward_model is not None and recipe is not None:
+            folder = reward_model_stage_folder(recipe, index, reward_index, spec.reward_model, run_dir)
+            if folder is not None:
+                spec.reward_model = str(folder)
+                if run_dir is None:
+                    unbuilt.add(spec.reward_model)
+        specs.append(spec)
+    rewards = resolve_rewards(
+        specs,
+        recipe_dir,
+        where=f"stages[{index}].rewards",
+        available_columns=columns,
+        unbuilt_reward_models=frozenset(unbuilt),
+    )
     if check_data is not None and "answer" in columns and any(s.name == "math_accuracy" for s in specs):
         from ntp_rl.rewards.math import check_gold_answers
 
@@ -177,8 +227,10 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
     data = ctx.data
     where = f"stages[{ctx.index}] ({stage.stage_name})"
     train = to_prompt_format(load_rows(data, data.train_split, ctx.recipe.run.seed, ctx.recipe_dir), where)
-    reward_funcs, weights = resolve_stage_rewards(stage, ctx.index, train.column_names, ctx.recipe_dir)
-    args = ctx.trainer_args(**RL_DEFAULTS, reward_weights=weights)
+    reward_funcs, weights = resolve_stage_rewards(
+        stage, ctx.index, train.column_names, ctx.recipe_dir, recipe=ctx.recipe, run_dir=ctx.run_dir
+    )
+    args = ctx.trainer_args(**{**RL_DEFAULTS, **rlhf_trainer_defaults(stage)}, reward_weights=weights)
 
     tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
     model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, ctx.recipe.model.trust_remote_code)
@@ -206,6 +258,9 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         from trl import GRPOTrainer as Trainer
     samples = SampleLogCallback(ctx.stage_dir / SAMPLES_FILE)
     callbacks, stop = stage_callbacks(ctx)
+    monitor = monitor_for(stage.rewards, reward_funcs)  # learned vs gold reward, when both are there
+    if monitor is not None:
+        callbacks.append(monitor)
     trainer = Trainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -233,4 +288,5 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         "resumed_from": resume,
         "reward_names": [f.__name__ for f in reward_funcs],
         "prompt_filter": filter_stats,
+        "overoptimisation": monitor.result() if monitor is not None else None,
     }

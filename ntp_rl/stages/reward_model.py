@@ -1,0 +1,153 @@
+"""Reward-model stage: base + LoRA + one score head, trained on preference pairs with TRL's `RewardTrainer`.
+
+The base loads as a sequence classifier with one output (`num_labels=1`, a fresh score head seeded by
+`run.seed`); the LoRA adapter (task type SEQ_CLS) trains with the score head trained in full
+(`modules_to_save: [score]`). The loss is TRL's pairwise one, -log sigmoid(score(chosen) -
+score(rejected)), on the chat-templated conversations (prompt + response). Before and after training the
+held-out pairs (test split, `eval_examples` of them) are scored with the same routine an rl stage uses
+to score completions (`ntp_rl.rewards.learned.score_conversations`): pairwise accuracy (share of pairs
+with score(chosen) > score(rejected)), mean margin (score(chosen) - score(rejected)) and, when the data
+has `rejected_kind`, accuracy per kind. They go to the stage's `COMPLETE` results and `metrics.jsonl`.
+Output: `<stage>/adapter/` (LoRA + score head) and the tokenizer; an rl stage names it with
+`{reward_model: <stage name>}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from ntp_rl.config import RewardModelStage, build_dataclass
+from ntp_rl.data import load_rows
+from ntp_rl.models import load_sequence_classifier, load_tokenizer
+from ntp_rl.preference_data import to_preference_format
+from ntp_rl.rewards.learned import score_conversations
+from ntp_rl.stages.common import ADAPTER_DIR, METRICS_FILE, StageContext, last_checkpoint, stage_callbacks
+
+logger = logging.getLogger(__name__)
+
+REWARD_MODEL_DEFAULTS: dict[str, Any] = {
+    "max_steps": 100,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 1e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 5,
+    "logging_steps": 5,
+    "save_steps": 50,
+    "save_total_limit": None,
+    "report_to": "none",
+    "max_length": 512,
+}
+SCORE_HEAD = "score"  # the classification head's module name in transformers' *ForSequenceClassification
+
+
+def prepare_preference_data(recipe, stage: RewardModelStage, index: int, recipe_dir):
+    """Load and check the stage's pairs (before any model is loaded): (train, held_out or None)."""
+    where = f"stages[{index}] ({stage.stage_name})"
+    data = recipe.stage_data(stage)
+    seed = recipe.run.seed
+    train = to_preference_format(
+        load_rows(data, data.train_split, seed, recipe_dir), data, data.train_split, where
+    )
+    held_out = None
+    if stage.eval_examples:
+        rows = load_rows(data, data.test_split, seed, recipe_dir)
+        rows = rows.select(range(min(len(rows), stage.eval_examples)))
+        held_out = to_preference_format(rows, data, data.test_split, where)
+    return train, held_out
+
+
+def pairwise_metrics(model, tokenizer, pairs, batch_size: int, max_length: int | None) -> dict[str, Any]:
+    """Held-out pairwise accuracy and mean margin (and accuracy per `rejected_kind` when the data has it)."""
+    has_prompt = "prompt" in pairs.column_names
+    conversations = []
+    for row in pairs:
+        prompt = row["prompt"] if has_prompt else []
+        conversations += [prompt + row["chosen"], prompt + row["rejected"]]
+    scores = score_conversations(model, tokenizer, conversations, batch_size, max_length)
+    margins = [scores[i] - scores[i + 1] for i in range(0, len(scores), 2)]
+    wins = [m > 0 for m in margins]
+    out: dict[str, Any] = {
+        "pairs": len(margins),
+        "pairwise_accuracy": sum(wins) / len(wins),
+        "mean_margin": sum(margins) / len(margins),
+    }
+    if "rejected_kind" in pairs.column_names:
+        by_kind: dict[str, list[bool]] = {}
+        for kind, win in zip(pairs["rejected_kind"], wins, strict=True):
+            by_kind.setdefault(kind, []).append(win)
+        out["accuracy_by_rejected_kind"] = {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
+    return out
+
+
+def _log_metrics(ctx: StageContext, step: int, phase: str, metrics: dict[str, Any]) -> None:
+    if not ctx.is_main_process:
+        return
+    record = {"step": step, "time": round(time.time(), 3), "phase": phase}
+    record.update({f"heldout/{key}": value for key, value in metrics.items()})
+    with (ctx.stage_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def run_reward_model(ctx: StageContext) -> dict[str, Any]:
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import RewardTrainer
+
+    stage: RewardModelStage = ctx.stage  # type: ignore[assignment]
+    train, held_out = prepare_preference_data(ctx.recipe, stage, ctx.index, ctx.recipe_dir)
+    args = ctx.trainer_args(**REWARD_MODEL_DEFAULTS)
+    lora_settings = dict(ctx.recipe.model.lora)
+    lora_settings["modules_to_save"] = [*(lora_settings.get("modules_to_save") or []), SCORE_HEAD]
+    lora = build_dataclass(LoraConfig, lora_settings, "model.lora", task_type="SEQ_CLS")
+    tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
+    set_seed(args.seed)  # the score head starts random: the same seed gives the same head
+    model = load_sequence_classifier(
+        ctx.base_model_path,
+        ctx.recipe.model.dtype,
+        ctx.recipe.model.trust_remote_code,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+    callbacks, stop = stage_callbacks(ctx)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=callbacks,
+    )
+    batch_size, max_length = args.per_device_eval_batch_size, args.max_length
+    results: dict[str, Any] = {"train_rows": len(train)}
+    resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
+    if held_out is not None and resume is None:
+        results["heldout_before"] = pairwise_metrics(
+            trainer.model, tokenizer, held_out, batch_size, max_length
+        )
+        _log_metrics(ctx, 0, "before", results["heldout_before"])
+    with stop.catching_signals():
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    stop.raise_if_stopped()  # a checkpoint was saved; the stage is not complete
+    results["train_loss"] = train_output.training_loss
+    results["global_step"] = trainer.state.global_step
+    results["resumed_from"] = resume
+    if held_out is not None:
+        after = pairwise_metrics(trainer.model, tokenizer, held_out, batch_size, max_length)
+        results["heldout_after"] = after
+        results["heldout_pairwise_accuracy"] = after["pairwise_accuracy"]
+        results["heldout_mean_margin"] = after["mean_margin"]
+        _log_metrics(ctx, trainer.state.global_step, "after", after)
+        logger.info(
+            "reward model: held-out pairwise accuracy %.3f, mean margin %.3f (%d pairs)",
+            after["pairwise_accuracy"],
+            after["mean_margin"],
+            after["pairs"],
+        )
+    if ctx.is_main_process:
+        trainer.model.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR))
+        tokenizer.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR))
+    trainer.accelerator.wait_for_everyone()
+    return results
