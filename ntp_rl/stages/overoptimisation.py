@@ -11,8 +11,8 @@ series and warns once, at the first moving window over which they diverge, and t
 `detect_divergence` is the test, a pure function: over each window of `window` consecutive logged
 steps, the least-squares slope of each series against the step, and its t statistic (slope over its
 standard error). Divergence = the proxy's t >= `min_t` and the gold's t <= -`min_t`: both trends
-clear of their own noise, in opposite directions. `since_step` is the first step of the first such
-window. With min_t = 3 and 10 points (8 degrees of freedom) one window of pure noise passes one side
+clear of their own noise, in opposite directions. `since_step` is where the gold peaked within the
+first such window (its last maximum there): the step the decline began, as well as a window can tell. With min_t = 3 and 10 points (8 degrees of freedom) one window of pure noise passes one side
 with probability ~0.9 % and both with ~0.007 %.
 """
 
@@ -57,7 +57,7 @@ def detect_divergence(
     window: int = DEFAULT_WINDOW,
     min_t: float = DEFAULT_MIN_T,
 ) -> int | None:
-    """The first step of the first window where the proxy rises and the gold falls, else None."""
+    """Where the gold began to fall in the first window where the proxy rises and the gold falls, else None."""
     if not len(steps) == len(proxy) == len(gold):
         raise ValueError("steps, proxy and gold must have the same length")
     if window < 3:
@@ -67,7 +67,9 @@ def detect_divergence(
         _, t_proxy = slope_t(xs, proxy[end - window : end])
         _, t_gold = slope_t(xs, gold[end - window : end])
         if t_proxy >= min_t and t_gold <= -min_t:
-            return int(xs[0])
+            golds = gold[end - window : end]
+            peak = max(i for i, value in enumerate(golds) if value == max(golds))
+            return int(xs[peak])
     return None
 
 

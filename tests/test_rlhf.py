@@ -1,0 +1,174 @@
+"""RLHF on the tiny model: a reward model learns an easy rule, then scores GRPO completions as a reward.
+
+The rule (chosen responses end with "Thanks!") is one a random 2-layer model learns in a few steps at
+a high learning rate, so the test shows the stage trains and measures held-out accuracy, not that a
+real reward model is good.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+
+import pytest
+import yaml
+from ntp_rl.rewards import resolve_reward
+from ntp_rl.rewards.learned import LearnedReward
+from ntp_rl.rewards.registry import RewardSpec
+from safetensors.torch import load_file
+
+from ntp_rl.cli import main
+from tests.conftest import REPO
+
+WORDS = "apple river stone cloud green paper light table music window garden silver".split()
+
+
+def _pairs(count: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+
+    def words() -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+
+    return [
+        {
+            "prompt": f"Say something about {rng.choice(WORDS)}.",
+            "chosen": f"{words()} Thanks!",
+            "rejected": words(),
+        }
+        for _ in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def reward_model_run(tmp_path_factory, tiny_model_path):
+    """One reward_model stage on tiny, trained once for this module: (run folder, held-out pairs)."""
+    root = tmp_path_factory.mktemp("rlhf")
+    data = root / "pairs"
+    data.mkdir()
+    held_out = _pairs(32, seed=2)
+    for split, rows in (("train", _pairs(64, seed=1)), ("test", held_out)):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = {
+        "run": {"name": "rm", "output_dir": str(root / "runs")},
+        "model": {"name_or_path": "tiny", "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}},
+        "data": {"source": str(data)},
+        "stages": [
+            {
+                "kind": "reward_model",
+                "eval_examples": 32,
+                "trainer": {
+                    "max_steps": 20,
+                    "per_device_train_batch_size": 8,
+                    "learning_rate": 5e-3,
+                    "warmup_steps": 0,
+                    "logging_steps": 5,
+                },
+            }
+        ],
+    }
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(path)]) == 0
+    return root / "runs" / "rm", held_out
+
+
+def test_reward_model_beats_chance_on_held_out_pairs(reward_model_run):
+    run, _ = reward_model_run
+    done = json.loads((run / "reward_model" / "COMPLETE").read_text())
+    assert done["heldout_before"]["pairs"] == 32
+    assert done["heldout_pairwise_accuracy"] >= 0.8  # chance is 0.5
+    assert done["heldout_mean_margin"] > done["heldout_before"]["mean_margin"] + 1.0
+    logs = [json.loads(line) for line in (run / "reward_model" / "metrics.jsonl").read_text().splitlines()]
+    phases = {r["phase"]: r for r in logs if "phase" in r}
+    assert phases["after"]["heldout/pairwise_accuracy"] == done["heldout_pairwise_accuracy"]
+    assert phases["before"]["step"] == 0 and phases["after"]["step"] == 20
+    assert any("accuracy" in r and "loss" in r for r in logs)  # TRL's training-batch accuracy
+    adapter = run / "reward_model" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert any("score" in key for key in weights) and any("lora_A" in key for key in weights)
+
+
+def test_learned_reward_scores_pickles_and_normalises(reward_model_run):
+    run, held_out = reward_model_run
+    reward = resolve_reward(RewardSpec(reward_model=str(run / "reward_model")), where="rewards[0]")
+    assert reward.__name__ == "reward_model"
+    prompts = [[{"role": "user", "content": row["prompt"]}] for row in held_out for _ in range(2)]
+    completions = [
+        [{"role": "assistant", "content": row[k]}] for row in held_out for k in ("chosen", "rejected")
+    ]
+    scores = reward(completions=completions, prompts=prompts)
+    wins = [scores[i] > scores[i + 1] for i in range(0, len(scores), 2)]
+    assert sum(wins) / len(wins) >= 0.8
+    # Plain-text prompts and completions are the same conversation.
+    plain = reward(completions=[held_out[0]["chosen"]], prompts=[held_out[0]["prompt"]])
+    assert plain[0] == pytest.approx(scores[0], abs=1e-4)
+
+    inner = reward.fn
+    assert isinstance(inner, LearnedReward) and inner._loaded is not None
+    copy = pickle.loads(pickle.dumps(reward))
+    assert copy.fn._loaded is None  # the weights are not pickled; they load again on first use
+    assert copy(completions=completions[:4], prompts=prompts[:4]) == pytest.approx(scores[:4], abs=1e-4)
+
+    batch = LearnedReward(inner.model, normalize="batch")(completions=completions, prompts=prompts)
+    assert sum(batch) / len(batch) == pytest.approx(0.0, abs=1e-6)
+    assert sum(b * b for b in batch) / len(batch) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_reward_model_as_grpo_reward(reward_model_run, write_recipe, tmp_path):
+    run, _ = reward_model_run
+    recipe = {
+        "run": {"name": "rlhf"},
+        "model": {"name_or_path": "tiny", "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}},
+        "data": {"arithmetic": {"num_train": 8, "num_test": 4}},
+        "stages": [
+            {
+                "kind": "rl",
+                "rewards": [
+                    {"reward_model": str(run / "reward_model")},
+                    {"name": "math_accuracy", "gold": True},
+                ],
+                "trainer": {
+                    "max_steps": 2,
+                    "per_device_train_batch_size": 4,
+                    "num_generations": 4,
+                    "max_completion_length": 8,
+                    "learning_rate": 1e-2,
+                    "logging_steps": 1,
+                    "save_steps": 100,
+                },
+            }
+        ],
+    }
+    assert main(["train", str(write_recipe(recipe))]) == 0
+    stage = tmp_path / "runs" / "rlhf" / "rl"
+    logs = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logs if "rewards/reward_model/mean" in r]
+    assert len(steps) == 2
+    assert all("rewards/math_accuracy/mean" in r and "kl" in r for r in steps)  # gold beside proxy; beta > 0
+    assert any(r["rewards/reward_model/std"] > 0 for r in steps)  # the reward model tells completions apart
+    done = json.loads((stage / "COMPLETE").read_text())
+    assert done["reward_names"] == ["reward_model", "math_accuracy"]
+    assert done["overoptimisation"] == {
+        "detected": False,
+        "since_step": None,
+        "proxy": "reward_model",
+        "gold": "math_accuracy",
+        "window": 10,
+    }
+    manifest = json.loads((tmp_path / "runs" / "rlhf" / "manifest.json").read_text())
+    assert manifest["config"]["stages"][0]["rewards"][1]["weight"] == 0.0  # gold: logged, not trained on
+
+
+def test_rlhf_recipe_smoke(tmp_path, tiny_model_path):
+    assert main(["train", str(REPO / "recipes" / "rlhf.yaml"), "--smoke", "--output-dir", str(tmp_path)]) == 0
+    run = tmp_path / "rlhf-smoke"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"].values()] == ["complete"] * 4
+    rm = load_file(run / "reward_model" / "adapter" / "adapter_model.safetensors")
+    assert any(float(t.abs().sum()) > 0 for k, t in rm.items() if "lora_B" in k)  # B starts at zero
+    report = json.loads((run / "eval" / "report.json").read_text())
+    # The eval scores every checkpoint with the run's reward model too, beside the gold.
+    assert {"reward_model", "math_accuracy"} <= set(report["summary"]["rl"]["rewards"]["greedy"])
+    assert [name for name, _ in report["summary"].items()] == ["base", "sft", "rl"]

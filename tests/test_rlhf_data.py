@@ -1,0 +1,232 @@
+"""Preference data for RLHF: the HH layout parser, the synthetic preference task, and bad data (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ntp_rl.rewards import format_reward, math_accuracy
+
+from ntp_rl.cli import main
+from ntp_rl.config import DataSettings
+from ntp_rl.data import load_rows, to_sft_format
+from ntp_rl.errors import UserError
+from ntp_rl.preference_data import InvalidPair, parse_hh_pair, parse_hh_transcript, to_preference_format
+from ntp_rl.tasks import preferences
+
+# --------------------------------------------------------------------------------------------
+# Anthropic HH layout
+
+HH_CHOSEN = (
+    "\n\nHuman: What is the capital of France?"
+    "\n\nAssistant: Paris."
+    "\n\nHuman: And of Italy?"
+    "\n\nAssistant: Rome is the capital of Italy."
+)
+HH_REJECTED = (
+    "\n\nHuman: What is the capital of France?"
+    "\n\nAssistant: Paris."
+    "\n\nHuman: And of Italy?"
+    "\n\nAssistant: I don't know, maybe Milan."
+)
+
+
+def test_hh_transcript_splits_into_turns():
+    assert parse_hh_transcript("\n\nHuman: hi there\n\nAssistant: hello!") == [
+        {"role": "user", "content": "hi there"},
+        {"role": "assistant", "content": "hello!"},
+    ]
+    # "Human:" inside a turn without the blank line before it is text, not a new turn.
+    assert (
+        parse_hh_transcript("\n\nHuman: say Human: twice\n\nAssistant:ok")[0]["content"] == "say Human: twice"
+    )
+
+
+def test_hh_pair_shares_the_prompt_and_keeps_the_final_replies():
+    pair = parse_hh_pair(HH_CHOSEN, HH_REJECTED)
+    assert pair["prompt"] == [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    assert pair["chosen"] == "Rome is the capital of Italy."
+    assert pair["rejected"] == "I don't know, maybe Milan."
+
+
+@pytest.mark.parametrize(
+    ("chosen", "rejected", "message"),
+    [
+        ("\n\nHuman: hi", "\n\nHuman: hi\n\nAssistant: yo", "`chosen` does not end with"),
+        ("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y", "differ before their final"),
+        ("preamble\n\nHuman: a\n\nAssistant: x", "\n\nHuman: a\n\nAssistant: y", "before the first 'Human:'"),
+    ],
+)
+def test_hh_pairs_that_cannot_be_split(chosen, rejected, message):
+    with pytest.raises(InvalidPair, match=message):
+        parse_hh_pair(chosen, rejected)
+
+
+def test_hh_format_loads_from_a_file_and_feeds_sft_and_reward_model(tmp_path):
+    rows = [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED, "id": 7}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DataSettings(source=str(tmp_path / "train.jsonl"), format="hh")
+    loaded = load_rows(data, "train", seed=0)
+    pairs = to_preference_format(loaded, data, "train", "here")
+    assert pairs[0]["prompt"][-1] == {"role": "user", "content": "And of Italy?"}
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": "Rome is the capital of Italy."}]
+    assert pairs[0]["id"] == 7  # other columns are kept
+    sft = to_sft_format(loaded, "here")  # SFT on the chosen replies
+    assert sft[0]["completion"] == [{"role": "assistant", "content": "Rome is the capital of Italy."}]
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic:preferences
+
+
+def test_synthetic_preferences_follow_the_gold_rule():
+    rows = preferences.generate("train", 60, seed=3)
+    assert rows == preferences.generate("train", 60, seed=3)  # deterministic
+    assert {r["rejected_kind"] for r in rows} == set(preferences.REJECTED_KINDS)
+    chosen = [r["chosen"] for r in rows]
+    answers = [r["answer"] for r in rows]
+    assert math_accuracy(chosen, answer=answers) == [1.0] * len(rows)  # the gold verifier agrees
+    assert format_reward(chosen) == [1.0] * len(rows)
+    for row in rows:
+        assert row["chosen"].endswith(f"Answer: {row['answer']}") and row["rejected"] != row["chosen"]
+        score = math_accuracy([row["rejected"]], answer=[row["answer"]])[0]
+        if row["rejected_kind"] == "wrong_answer":
+            assert score == 0.0 and row["rejected"].splitlines()[-1].startswith("Answer: ")
+        elif row["rejected_kind"] == "rambling":
+            assert score == 1.0 and len(row["rejected"]) > len(row["chosen"]) + 60
+        else:
+            assert "Answer:" not in row["rejected"]
+
+
+def test_synthetic_preferences_keep_the_arithmetic_split():
+    train = {r["key"] for r in preferences.generate("train", 500, seed=0)}
+    test = {r["key"] for r in preferences.generate("test", 200, seed=0)}
+    assert not train & test
+    data = DataSettings(source="synthetic:preferences", arithmetic={"num_train": 12, "num_test": 4})
+    loaded = load_rows(data, "train", seed=0)
+    assert len(loaded) == 12 and {"prompt", "chosen", "rejected", "answer", "rejected_kind"} <= set(
+        loaded.column_names
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Bad preference data and bad reward-model specs: exit 2 before any model loads, naming the culprit
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+GOOD = {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Go away."}
+
+
+@pytest.mark.parametrize(
+    ("train_rows", "test_rows", "expected"),
+    [
+        pytest.param(
+            [{"prompt": "p", "chosen": "a"}],
+            [GOOD],
+            ["stages[0] (reward_model)", "split 'train'", "prompt+chosen+rejected"],
+            id="missing-column",
+        ),
+        pytest.param(
+            [GOOD, {"prompt": "p", "chosen": "same", "rejected": "same"}],
+            [GOOD],
+            ["stages[0] (reward_model)", "split 'train' row 1", "`chosen` is identical to `rejected`"],
+            id="chosen-equals-rejected",
+        ),
+        pytest.param(
+            [GOOD],
+            [{"prompt": "p", "chosen": "fine", "rejected": "  "}],
+            ["stages[0] (reward_model)", "split 'test' row 0", "`rejected` is empty"],
+            id="empty-response",
+        ),
+        pytest.param([GOOD], [], ["split 'test' is empty"], id="empty-split"),
+    ],
+)
+def test_bad_preference_data_exits_2_naming_the_culprit(
+    write_recipe, tmp_path, capsys, train_rows, test_rows, expected
+):
+    data = tmp_path / "pairs"
+    data.mkdir()
+    _write_jsonl(data / "train.jsonl", train_rows)
+    _write_jsonl(data / "test.jsonl", test_rows)
+    recipe = {
+        "model": {"name_or_path": "tiny"},
+        "data": {"source": str(data)},
+        "stages": [{"kind": "reward_model", "trainer": {"max_steps": 1}}],
+    }
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    err = capsys.readouterr().err
+    for fragment in expected:
+        assert fragment in err
+    assert "pairs" in err  # the source is named
+    assert not (tmp_path / "runs").exists()
+
+
+def test_skip_invalid_pairs_drops_them(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [GOOD, {"prompt": "p", "chosen": "x", "rejected": "x"}, GOOD])
+    data = DataSettings(source=str(tmp_path / "train.jsonl"), skip_invalid_pairs=True)
+    pairs = to_preference_format(load_rows(data, "train", seed=0), data, "train", "here")
+    assert len(pairs) == 2
+    _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "x"}])
+    with pytest.raises(UserError, match="no valid preference pairs"):
+        to_preference_format(load_rows(data, "train", seed=0), data, "train", "here")
+
+
+def _rl_recipe(rewards, stages_before=()):
+    return {
+        "model": {"name_or_path": "tiny"},
+        "data": {"source": "synthetic:arithmetic", "arithmetic": {"num_train": 8, "num_test": 4}},
+        "stages": [*stages_before, {"kind": "rl", "rewards": rewards, "trainer": {"max_steps": 1}}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("rewards", "stages_before", "expected"),
+    [
+        pytest.param(
+            [{"reward_model": "./no/such/reward_model"}], [], "stages[0].rewards[0]", id="missing-folder"
+        ),
+        pytest.param([{"reward_model": "rm"}], [], "no reward model folder 'rm'", id="unknown-stage-name"),
+        pytest.param(
+            [{"reward_model": "sft"}],
+            [{"kind": "sft", "trainer": {"max_steps": 1}}],
+            "stage 'sft' is a sft stage, not a reward_model stage",
+            id="not-a-reward-model-stage",
+        ),
+        pytest.param(
+            [{"reward_model": "rm", "kwargs": {"normalize": "sometimes"}}],
+            [{"kind": "reward_model", "name": "rm", "data": {"source": "synthetic:preferences"}}],
+            "normalize must be one of none, batch",
+            id="bad-normalize",
+        ),
+        pytest.param(
+            [{"name": "math_accuracy", "reward_model": "x"}], [], "give exactly one of", id="two-sources"
+        ),
+    ],
+)
+def test_bad_reward_model_specs_exit_2(write_recipe, tmp_path, capsys, rewards, stages_before, expected):
+    assert main(["train", str(write_recipe(_rl_recipe(rewards, stages_before)))]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "rewards[0]" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_that_is_not_a_reward_model_exits_2(write_recipe, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", str(write_recipe(_rl_recipe([{"reward_model": str(tmp_path / "empty")}])))]) == 2
+    err = capsys.readouterr().err
+    assert "stages[0].rewards[0]" in err and "neither adapter_config.json" in err
+
+
+def test_gold_rewards_weigh_zero_unless_given_a_weight():
+    from ntp_rl.config import RewardSpecSettings
+
+    assert RewardSpecSettings(name="math_accuracy", gold=True).weight == 0.0
+    assert RewardSpecSettings(name="math_accuracy", gold=True, weight=0.5).weight == 0.5
+    assert RewardSpecSettings(name="math_accuracy").weight == 1.0
