@@ -147,13 +147,13 @@ def load_rows(data: DataSettings, split: str, seed: int, base_dir: Path | None =
     dataset = _apply_column_map(dataset, data)
     if len(dataset) == 0:
         raise UserError(f"{_source_label(data)}: split {split!r} is empty")
+    limit = data.max_train_examples if split == data.train_split else data.max_test_examples
+    if limit is not None and len(dataset) > limit:
+        dataset = dataset.select(range(limit))
     if data.format == "hh":
         from ntp_rl.preference_data import parse_hh_rows
 
         dataset = parse_hh_rows(dataset, data, split)
-    limit = data.max_train_examples if split == data.train_split else data.max_test_examples
-    if limit is not None and len(dataset) > limit:
-        dataset = dataset.select(range(limit))
     if data.answer_pattern and "answer" in dataset.column_names:
         dataset = _extract_answers(dataset, data)
     return dataset

@@ -172,3 +172,14 @@ def test_rlhf_recipe_smoke(tmp_path, tiny_model_path):
     # The eval scores every checkpoint with the run's reward model too, beside the gold.
     assert {"reward_model", "math_accuracy"} <= set(report["summary"]["rl"]["rewards"]["greedy"])
     assert [name for name, _ in report["summary"].items()] == ["base", "sft", "rl"]
+
+
+def test_rlhf_hh_recipe_smoke_offline_on_hh_style_data(tmp_path, tiny_model_path):
+    hh_style = REPO / "tests" / "data" / "hh_style"
+    argv = ["train", str(REPO / "recipes" / "rlhf_hh.yaml"), f"data.source={hh_style}", "--smoke"]
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "rlhf-hh-smoke" / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert [s["status"] for s in stages.values()] == ["complete"] * 3
+    assert stages["reward_model"]["results"]["heldout_before"]["pairs"] == 4  # the hand-written test pairs
+    assert stages["rl"]["results"]["reward_names"] == ["reward_model"]
