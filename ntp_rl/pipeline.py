@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage
 from ntp_rl.errors import UserError
 from ntp_rl.stages.common import StageContext, read_completion, write_completion
@@ -187,8 +189,6 @@ def run_pipeline(
     import torch
     from accelerate import PartialState
 
-    from ntp_rl.models import resolve_model_path
-
     # cpu=True where there is no GPU: several CPU processes then form a gloo group (MULTI_CPU).
     state = PartialState(cpu=not torch.cuda.is_available())
     names = [s.stage_name for s in recipe.stages]
@@ -199,10 +199,45 @@ def run_pipeline(
 
     run_dir = choose_run_dir(recipe, new_run)
     state.wait_for_everyone()  # every rank has chosen the same folder before rank 0 creates it
-    if state.is_main_process:
+    run_lock = FileLock(str(run_dir.parent / f".{run_dir.name}.lock"))
+
+    def claim_run_folder() -> None:
         check_free_disk(run_dir, recipe.model.name_or_path)
         check_writable(run_dir)
-    state.wait_for_everyone()
+        try:  # one ntp-rl process tree per run folder: a second one would write into the same stages
+            run_lock.acquire(timeout=0)
+        except Timeout:
+            raise UserError(
+                f"{run_dir} is in use by another ntp-rl run; wait for it to finish (or stop it), then re-run"
+            ) from None
+
+    _on_main_process(state, claim_run_folder)
+    try:
+        return _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke)
+    finally:
+        if run_lock.is_locked:
+            run_lock.release()
+
+
+def _on_main_process(state, check) -> None:
+    """Run `check` on the main process only; a UserError it raises is raised on every rank (no rank hangs)."""
+    from accelerate.utils import broadcast_object_list
+
+    message = [None]
+    if state.is_main_process:
+        try:
+            check()
+        except UserError as exc:
+            message = [str(exc)]
+    if state.num_processes > 1:
+        broadcast_object_list(message, from_process=0)
+    if message[0] is not None:
+        raise UserError(message[0])
+
+
+def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke) -> Path:
+    from ntp_rl.models import resolve_model_path
+
     manifest = Manifest(run_dir, recipe, recipe_path, state.is_main_process, smoke)
     manifest.data["world_size"] = state.num_processes
     manifest.save()
