@@ -393,7 +393,13 @@ def check_rewards(recipe: Recipe, recipe_path: Path, settings: CheckSettings) ->
     data = recipe.stage_data(stage)
     rows = to_prompt_format(load_rows(data, data.train_split, recipe.run.seed, recipe_dir), where)
     rows = rows.shuffle(seed=recipe.run.seed).select(range(min(settings.num_prompts, len(rows))))
-    rewards, weights = resolve_stage_rewards(stage, index, rows.column_names, recipe_dir, check_data=rows)
+    from ntp_rl.pipeline import choose_run_dir
+
+    # A reward model named by its stage is read from this config's run folder (it must have run).
+    run_dir = choose_run_dir(recipe, new_run=True)
+    rewards, weights = resolve_stage_rewards(
+        stage, index, rows.column_names, recipe_dir, check_data=rows, recipe=recipe, run_dir=run_dir
+    )
 
     trainer = {**RL_DEFAULTS, **stage.trainer}
     temperature = settings.temperature if settings.temperature is not None else float(trainer["temperature"])

@@ -183,3 +183,36 @@ def test_rlhf_hh_recipe_smoke_offline_on_hh_style_data(tmp_path, tiny_model_path
     assert [s["status"] for s in stages.values()] == ["complete"] * 3
     assert stages["reward_model"]["results"]["heldout_before"]["pairs"] == 4  # the hand-written test pairs
     assert stages["rl"]["results"]["reward_names"] == ["reward_model"]
+
+
+def test_rewards_check_reads_the_reward_model_stage_of_the_run(
+    write_recipe, tmp_path, tiny_model_path, capsys
+):
+    recipe = {
+        "run": {"name": "check"},
+        "model": {"name_or_path": "tiny", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}},
+        "data": {"arithmetic": {"num_train": 8, "num_test": 4}},
+        "stages": [
+            {
+                "kind": "reward_model",
+                "data": {"source": "synthetic:preferences", "arithmetic": {"num_train": 8, "num_test": 4}},
+                "eval_examples": 0,
+                "trainer": {"max_steps": 1, "per_device_train_batch_size": 2},
+            },
+            {
+                "kind": "rl",
+                "rewards": [{"reward_model": "reward_model"}, {"name": "math_accuracy", "gold": True}],
+            },
+        ],
+    }
+    path = write_recipe(recipe)
+    check = ["rewards", "check", str(path), "--model", "tiny", "--num-prompts", "2", "--samples", "2"]
+    assert main(check) == 2  # the reward model has not been trained yet
+    assert "stages[1].rewards[0].reward_model: the reward_model stage 'reward_model' has not run" in (
+        capsys.readouterr().err
+    )
+    assert main(["train", str(path), "--stage", "reward_model"]) == 0
+    report = tmp_path / "check.json"
+    assert main([*check, "--json", str(report)]) == 0
+    names = [entry["name"] for entry in json.loads(report.read_text())["rewards"]]
+    assert names == ["reward_model", "math_accuracy"]

@@ -64,7 +64,13 @@ def reward_model_stage_folder(
         )
     if target >= index:
         raise UserError(f"{where}: the reward_model stage {name!r} must come before this rl stage")
-    return (run_dir or Path(recipe.run.output_dir) / recipe.run.name) / name
+    if run_dir is None:  # the pre-flight check: the stage has not run yet
+        return Path(recipe.run.output_dir) / recipe.run.name / name
+    if not (run_dir / name / ADAPTER_DIR / "adapter_config.json").is_file():
+        raise UserError(
+            f"{where}: the reward_model stage {name!r} has not run yet (no {run_dir / name / ADAPTER_DIR})"
+        )
+    return run_dir / name
 
 
 def resolve_stage_rewards(
