@@ -1,7 +1,8 @@
 """`ntp-rl export`: merge a stage's LoRA adapter into its base and write a plain model folder.
 
 The result (safetensors, tokenizer, chat template) loads with `AutoModelForCausalLM.from_pretrained`
-and in vLLM, with no peft. The target folder must not exist: nothing is overwritten.
+and in vLLM, with no peft. A reward_model stage (a SEQ_CLS adapter) exports as a one-label
+`...ForSequenceClassification` folder, which an rl stage can name as `reward_model:`. The target folder must not exist: nothing is overwritten.
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ def export_stage(stage_dir: Path, out: Path) -> Path:
         )
     check_adapter_weights(adapter, str(stage_dir))
     check_model_reference(base)
-    model = load_causal_lm(base, dtype="float32")
-    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tokenizer = load_tokenizer(str(adapter))
+    if json.loads((adapter / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS":
+        from ntp_rl.models import load_sequence_classifier
+
+        model = load_sequence_classifier(base, dtype="float32", pad_token_id=tokenizer.pad_token_id)
+    else:
+        model = load_causal_lm(base, dtype="float32")
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

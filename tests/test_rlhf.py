@@ -216,3 +216,21 @@ def test_rewards_check_reads_the_reward_model_stage_of_the_run(
     assert main([*check, "--json", str(report)]) == 0
     names = [entry["name"] for entry in json.loads(report.read_text())["rewards"]]
     assert names == ["reward_model", "math_accuracy"]
+
+
+def test_exported_reward_model_scores_the_same(reward_model_run, tmp_path):
+    run, held_out = reward_model_run
+    out = tmp_path / "exported-rm"
+    assert main(["export", str(run / "reward_model"), "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["architectures"] == [
+        "LlamaForSequenceClassification"
+    ]
+    prompts = [row["prompt"] for row in held_out[:4]]
+    completions = [row["chosen"] for row in held_out[:4]]
+    adapter_scores = resolve_reward(RewardSpec(reward_model=str(run / "reward_model")))(
+        completions=completions, prompts=prompts
+    )
+    merged_scores = resolve_reward(RewardSpec(reward_model=str(out)))(
+        completions=completions, prompts=prompts
+    )
+    assert merged_scores == pytest.approx(adapter_scores, abs=1e-3)
