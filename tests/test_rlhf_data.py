@@ -230,3 +230,20 @@ def test_gold_rewards_weigh_zero_unless_given_a_weight():
     assert RewardSpecSettings(name="math_accuracy", gold=True).weight == 0.0
     assert RewardSpecSettings(name="math_accuracy", gold=True, weight=0.5).weight == 0.5
     assert RewardSpecSettings(name="math_accuracy").weight == 1.0
+
+
+def test_reward_model_stage_keys_are_checked_with_their_path(write_recipe, capsys):
+    stage = {"kind": "reward_model", "eval_exampels": 4, "trainer": {"center_reward_coefficient": 0.01}}
+    recipe = {
+        "model": {"name_or_path": "tiny"},
+        "data": {"source": "synthetic:preferences"},
+        "stages": [stage],
+    }
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    assert "stages[0].eval_exampels: unknown key; did you mean eval_examples?" in capsys.readouterr().err
+    del stage["eval_exampels"]
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    assert (
+        "stages[0].trainer.center_reward_coefficient: unknown key for RewardConfig; "
+        "did you mean center_rewards_coefficient?" in capsys.readouterr().err
+    )
