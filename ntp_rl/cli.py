@@ -6,6 +6,7 @@
     ntp-rl rewards check RECIPE [key.path=value ...] [--stage NAME] [--model M] [--json PATH]
     ntp-rl eval --suite eval/arithmetic.yaml --model base=default --model sft=runs/q/sft [a.b=value ...] [--out DIR]
     ntp-rl compare REPORT.json REPORT.json ... [--out DIR]
+    ntp-rl probe {future,answer,rhyme,credit} --model base=default --model rl=runs/q/rl [--data SOURCE] [--out DIR]
 
 Exit status: 0 success; 2 bad input (config, paths, data, reward spec), printed as one message
 naming the culprit and no traceback; 1 a failure while running.
@@ -241,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("reports", nargs="+", help="report.json files (or folders holding one)")
     compare.add_argument("--out", help="new report folder (default runs/eval/compare-<timestamp>)")
     compare.set_defaults(func=_cmd_compare)
+
+    from ntp_rl.probes.commands import add_probe_parser
+
+    add_probe_parser(sub, _positive)
     return parser
 
 

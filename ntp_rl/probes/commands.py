@@ -1,0 +1,186 @@
+"""`ntp-rl probe ...`: one instrument on some checkpoints, into its own report folder.
+
+    ntp-rl probe future --model base=default --model sft=runs/q/sft --data synthetic:arithmetic [--k 3] [--out DIR]
+    ntp-rl probe answer --model base=default --model rl=runs/q/rl [--examples 300]
+    ntp-rl probe rhyme  --model base=default --model rl=runs/q/rl [--generate 64]
+    ntp-rl probe credit --model base=default --model rl=runs/q/rl --data texts.jsonl [--column text] [--k 4]
+
+`--model` takes the same `label=spec` as `ntp-rl eval` (default, tiny, a model folder, a hub id, a
+run stage folder); adapters over one base share one loaded copy. Inputs (models, data, settings,
+output folder) are checked before any model loads; bad ones exit with status 2. The folder (default
+`runs/probes/<UTC timestamp>-<instrument>`) gets `probe.json` (the source of truth), `probe.md` and
+the plots as PNG files; a folder that already holds a probe report is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ntp_rl.errors import UserError
+
+PROBE_FORMAT = "ntp-rl-probe-report/1"
+PROBE_JSON, PROBE_MD = "probe.json", "probe.md"
+DEFAULT_PROBE_ROOT = Path("runs") / "probes"
+HELP = {
+    "future": "linear probes from the hidden state at t to the token at t+k, by layer (Future Lens)",
+    "answer": "the final answer's last digit and size, read at the last prompt token (before generation)",
+    "rhyme": "the rhyme family of the next line, read at the line break of built-in couplets; rhyme rate",
+    "credit": "share of the gradient reaching position t from the loss at t+1 vs t+k, with a stop-gradient control",
+}
+
+
+def add_probe_parser(sub: Any, positive: Any) -> None:
+    """Add `probe {future,answer,rhyme,credit}` to the `ntp-rl` subcommands (`positive`: a type factory)."""
+    probe = sub.add_parser("probe", help="instruments beyond next-token prediction, on any checkpoint")
+    instruments = probe.add_subparsers(dest="instrument", required=True)
+    for name, text in HELP.items():
+        parser = instruments.add_parser(name, help=text, description=text)
+        parser.add_argument(
+            "--model",
+            action="append",
+            required=True,
+            metavar="LABEL=SPEC",
+            help="repeatable, as for `ntp-rl eval`: default, tiny, a model folder, a hub id, a run stage folder",
+        )
+        if name in ("future", "credit", "answer"):
+            parser.add_argument(
+                "--data",
+                default="synthetic:arithmetic",
+                help="synthetic:arithmetic (default) or a local .jsonl/.json/.csv/.parquet/.txt file",
+            )
+        if name in ("future", "credit"):
+            parser.add_argument("--column", default="text", help="text column of a data file (text)")
+            parser.add_argument("--texts", type=positive(int), help="texts read")
+            parser.add_argument("--max-tokens", type=positive(int), help="tokens per text, longer ones cut")
+            parser.add_argument("--k", type=positive(int), help="largest distance (future: 3, credit: 4)")
+        if name == "future":
+            parser.add_argument("--vocab", type=positive(int), help="target classes besides 'other' (64)")
+            parser.add_argument("--max-positions", type=positive(int), help="positions probed (3000)")
+        if name == "answer":
+            parser.add_argument("--examples", type=positive(int), help="items (300)")
+            parser.add_argument("--buckets", type=positive(int), help="answer size buckets (4)")
+        if name == "rhyme":
+            parser.add_argument("--generate", type=int, help="second lines generated to check rhyming (64)")
+            parser.add_argument("--max-new-tokens", type=positive(int), help="tokens per second line (16)")
+        if name == "credit":
+            parser.add_argument("--max-targets", type=positive(int), help="target positions per batch (8)")
+            parser.add_argument(
+                "--no-control", action="store_true", help="skip the stop-gradient control run"
+            )
+        parser.add_argument(
+            "--fit-fraction", type=float, help="share of texts/items fitting the probes (0.7)"
+        )
+        parser.add_argument("--seed", type=int, help="data and split seed (0)")
+        parser.add_argument("--batch-size", type=positive(int), help="sequences per forward pass (16)")
+        parser.add_argument("--out", help="new folder (default runs/probes/<timestamp>-<instrument>)")
+        parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        parser.add_argument(
+            "--trust-remote-code", action="store_true", help="allow model code from the model folder"
+        )
+        parser.set_defaults(func=probe_command)
+
+
+_ARGUMENT_FIELDS = {
+    "future": ("data", "column", "texts", "max_tokens", "k", "vocab", "max_positions"),
+    "answer": ("data", "examples", "buckets"),
+    "rhyme": ("generate", "max_new_tokens"),
+    "credit": ("data", "column", "texts", "max_tokens", "k", "max_targets"),
+}
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The `ProbeSettings` of one instrument from its flags (UserError naming a bad flag)."""
+    from pydantic import ValidationError
+
+    from ntp_rl.probes.settings import ProbeSettings
+
+    name = args.instrument
+    instrument = {f: getattr(args, f) for f in _ARGUMENT_FIELDS[name] if getattr(args, f, None) is not None}
+    if name == "credit":
+        instrument["control"] = not args.no_control
+    shared = {
+        f: getattr(args, f) for f in ("fit_fraction", "seed", "batch_size") if getattr(args, f) is not None
+    }
+    try:
+        return ProbeSettings.model_validate({name: instrument, **shared})
+    except ValidationError as exc:
+        problems = []
+        for item in exc.errors():
+            flag = "--" + str(item["loc"][-1]).replace("_", "-")
+            problems.append(
+                f"{flag}: {item['msg'].removeprefix('Value error, ')} (got {item.get('input')!r})"
+            )
+        raise UserError(f"ntp-rl probe {name}: " + "; ".join(problems)) from None
+
+
+def default_out_dir(instrument: str) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    candidate, suffix = DEFAULT_PROBE_ROOT / f"{stamp}-{instrument}", 2
+    while candidate.exists():
+        candidate = DEFAULT_PROBE_ROOT / f"{stamp}-{instrument}-{suffix}"
+        suffix += 1
+    return candidate
+
+
+def check_probe_out(out: Path) -> None:
+    for name in (PROBE_JSON, PROBE_MD):
+        if (out / name).exists():
+            raise UserError(
+                f"--out {out}: {out / name} already exists; probe reports are never overwritten. "
+                "Choose another --out folder (or leave it out for runs/probes/<timestamp>-<instrument>)."
+            )
+
+
+def write_probe_report(report: dict[str, Any], out: Path) -> Path:
+    """probe.md and the plots, then probe.json last (a folder with probe.json holds a whole report)."""
+    from ntp_rl.probes.render import plots, render_markdown_section
+
+    out.mkdir(parents=True, exist_ok=True)
+    check_probe_out(out)
+    images = {}
+    for stem, _, png in plots(report["beyond_ntp"]):
+        (out / f"{stem}.png").write_bytes(png)
+        images[stem] = f"{stem}.png"
+    models = "\n".join(f"- {label}: `{json.dumps(info)}`" for label, info in report["models"].items())
+    text = (
+        f"# Probe: {report['instrument']}\n\n{report['created_at']}; `{report['command']}`\n\n{models}\n\n"
+        + render_markdown_section(report["beyond_ntp"], images)
+    )
+    (out / PROBE_MD).write_text(text, encoding="utf-8")
+    tmp = out / f".{PROBE_JSON}.tmp"
+    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(out / PROBE_JSON)
+    return out / PROBE_JSON
+
+
+def probe_command(args: argparse.Namespace) -> int:
+    from ntp_rl.evaluation.checkpoints import parse_model_args, resolve_checkpoint
+    from ntp_rl.probes.render import render_markdown_section
+    from ntp_rl.probes.run import beyond_ntp_section, load_and_probe, prepare_inputs
+
+    settings = settings_from_args(args)
+    pairs = parse_model_args(args.model or [])
+    out = Path(args.out) if args.out else default_out_dir(args.instrument)
+    check_probe_out(out)
+    inputs = prepare_inputs(settings, Path.cwd(), where=None)
+    checkpoints = [resolve_checkpoint(label, spec) for label, spec in pairs]
+    results = load_and_probe(settings, inputs, checkpoints, args.dtype, args.trust_remote_code)
+    section = beyond_ntp_section(settings, results)
+    report = {
+        "format": PROBE_FORMAT,
+        "instrument": args.instrument,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["ntp-rl", *sys.argv[1:]]) if sys.argv else "ntp-rl probe",
+        "models": {c.label: c.describe() for c in checkpoints},
+        "dtype": args.dtype,
+        "beyond_ntp": section,
+    }
+    path = write_probe_report(report, out)
+    print(render_markdown_section(section))
+    print(f"report: {path} (also {PROBE_MD} and the plots)")
+    return 0
