@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ntp_rl.errors import UserError
+from ntp_rl.probes.settings import ProbeSettings
 
 # Trainer arguments the pipeline sets itself: a recipe that sets them would be silently overridden.
 PIPELINE_OWNED_TRAINER_KEYS = {
@@ -227,6 +228,14 @@ class EvalStage(StageBase):
     seed: int = 1234
     # Stages to evaluate beside the base; default: every earlier sft and rl stage.
     checkpoints: list[str] | None = None
+    # Instruments beyond next-token prediction (ntp_rl/probes/settings.py), e.g.
+    # {future: {k: 3}, answer: true, rhyme: true, credit: {texts: 8}} or `true` for all; off when null.
+    probes: ProbeSettings | None = None
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _probes_off(cls, value: Any) -> Any:
+        return None if value is False else value
 
 
 Stage = Annotated[
@@ -266,6 +275,9 @@ class Recipe(StrictModel):
         """Hash of what the run computes; where its folder lives (run.output_dir) is not part of it."""
         config = self.model_dump(mode="json")
         config["run"].pop("output_dir", None)
+        for stage in config["stages"]:
+            if "probes" in stage and stage["probes"] is None:
+                del stage["probes"]  # added later: runs without probes keep the hash they had before
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

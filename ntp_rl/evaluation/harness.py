@@ -35,6 +35,7 @@ from ntp_rl.evaluation.report import (
     now,
     paired_sections,
     prompt_hashes,
+    reference_label,
     write_report,
 )
 from ntp_rl.evaluation.suite import EvalSuite
@@ -209,6 +210,11 @@ def run_suite(
     prompts, golds = list(rows["prompt"]), [str(a) for a in rows["answer"]]
     decodings = _decodings(suite)
     seed = suite.generation.seed
+    probe_inputs, probe_results = None, {}
+    if suite.probes is not None:  # their data is read and checked before any model loads
+        from ntp_rl.probes.run import prepare_inputs, probe_checkpoint
+
+        probe_inputs = prepare_inputs(suite.probes, data_base_dir)
 
     labels = [c.label for c in checkpoints]
     results: dict[str, dict[str, Any]] = {label: {} for label in labels}
@@ -282,6 +288,16 @@ def run_suite(
                     "values": grouped,
                     "on": f"{mode} completions (up to {suite.kl_to_base.samples_per_item} per item)",
                 }
+            if probe_inputs is not None:
+                with group.active(checkpoint) as model:
+                    probe_results[checkpoint.label] = probe_checkpoint(
+                        suite.probes,
+                        probe_inputs,
+                        model,
+                        tokenizer,
+                        control=checkpoint.label == reference_label(labels),  # the credit control, once
+                        label=checkpoint.label,
+                    )
         del group  # free the model before the next base loads
     bar.close()
 
@@ -289,6 +305,15 @@ def run_suite(
         for fields in results[label].values():
             fields.pop("token_ids", None)
     summary = {label: summarise(results[label], modules, measures[label], seed) for label in labels}
+    beyond_ntp = None
+    if probe_inputs is not None:
+        from ntp_rl.probes.run import beyond_ntp_section
+
+        adapters = {c.label: c.adapter is not None for c in checkpoints}
+        results_in_order = {label: probe_results[label] for label in labels}
+        beyond_ntp = beyond_ntp_section(
+            suite.probes, results_in_order, summary, reference_label(labels), adapters
+        )
     items = {
         "prompts": prompts,
         "gold": golds,
@@ -311,6 +336,7 @@ def run_suite(
         "summary": summary,
         **paired_sections(items, labels, seed, suite.flip_examples),
         "training_curves": {c.label: training_curves(c.stage_dir) for c in checkpoints if c.stage_dir},
+        **({"beyond_ntp": beyond_ntp} if beyond_ntp is not None else {}),
         "timing": {
             "seconds": round(seconds, 2),
             "generation_seconds": round(generation_seconds, 2),

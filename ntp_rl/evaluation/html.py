@@ -318,6 +318,11 @@ def render_html(report: dict[str, Any]) -> str:
     if plot:
         parts += ["<h2>Training curves (metrics.jsonl)</h2>", _img(plot, "training reward curves")]
 
+    if report.get("beyond_ntp"):
+        from ntp_rl.probes.render import render_html_section
+
+        parts.append(render_html_section(report["beyond_ntp"]))
+
     provenance = report.get("provenance")
     if provenance:
         parts += [

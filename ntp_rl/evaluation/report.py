@@ -281,6 +281,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines += ["```text", example["prompt"].replace("```", "'''"), "```"]
                 for who, text in example["completions"].items():
                     lines += [f"*{_md_cell(who)}:*", "```text", str(text).replace("```", "'''"), "```"]
+    if report.get("beyond_ntp"):
+        from ntp_rl.probes.render import render_markdown_section
+
+        lines += ["", render_markdown_section(report["beyond_ntp"]).rstrip()]
     provenance = report.get("provenance") or {}
     if provenance:
         lines += ["", "## Provenance", ""]

@@ -33,6 +33,7 @@ from ntp_rl.config import (
     read_yaml,
 )
 from ntp_rl.errors import UserError
+from ntp_rl.probes.settings import ProbeSettings
 
 SUITE_DIR_NAME = "eval"
 METRICS_DIR_NAME = "metrics"
@@ -136,10 +137,13 @@ class EvalSuite(StrictModel):
     score_batch_size: int = Field(8, gt=0)
     # Examples of each kind of flip (wrong->right, right->wrong) kept in the report.
     flip_examples: int = Field(3, ge=0)
+    # Instruments beyond next-token prediction (ntp_rl/probes/settings.py), reported as `beyond_ntp`:
+    # {future: {k: 3}, answer: true, rhyme: true, credit: {texts: 8}}, or `true` for all; off when null.
+    probes: ProbeSettings | None = None
 
-    @field_validator("kl_to_base", mode="before")
+    @field_validator("kl_to_base", "probes", mode="before")
     @classmethod
-    def _kl_off(cls, value: Any) -> Any:
+    def _false_is_off(cls, value: Any) -> Any:
         return None if value is False else value
 
     @field_validator("metrics")

@@ -106,8 +106,3 @@ class ProbeSettings(_Strict):
 
     def enabled(self) -> list[str]:
         return [name for name in ("future", "answer", "rhyme", "credit") if getattr(self, name) is not None]
-
-
-def probes_off(value: Any) -> Any:
-    """Field validator helper for `probes:` in a suite or stage: `false` is the same as null."""
-    return None if value is False else value

@@ -103,6 +103,8 @@ def stage_suite(
             node[last] = getattr(stage, key)
         if stage.data is not None:
             raw["data"] = stage.data.model_dump(mode="json")
+        if "probes" in stage.model_fields_set:
+            raw["probes"] = stage.probes.model_dump(mode="json") if stage.probes is not None else None
         return validate_suite(raw, f"{path} (with {where} overrides)"), path
 
     data = recipe.stage_data(stage)
@@ -132,6 +134,7 @@ def stage_suite(
         scorers=_training_rewards(recipe, index, run_dir),
         metrics=default_metrics(),
         reference_nll=reference,
+        probes=stage.probes,
     )
     return suite, None
 
@@ -146,6 +149,10 @@ def check_eval_stage(recipe: Recipe, stage: EvalStage, index: int, recipe_dir: P
     resolve_scorers(suite, rows.column_names, path.parent if path else recipe_dir)
     for i, spec in enumerate(suite.metrics):
         resolve_metric_path(spec, path.parent if path else None, f"stages[{index}] suite metrics[{i}]")
+    if suite.probes is not None:
+        from ntp_rl.probes.run import prepare_inputs
+
+        prepare_inputs(suite.probes, recipe_dir, where=f"stages[{index}].probes")
 
 
 def run_eval(ctx: StageContext) -> dict[str, Any]:
