@@ -1,0 +1,149 @@
+"""`ntp-rl probe ...` on tiny (reports written, never overwritten, bad inputs exit 2), and the eval
+report's "Beyond next-token prediction" section when a suite or an eval stage enables probes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ntp_rl.cli import main
+
+SMALL_PROBES = (
+    "probes={future: {texts: 12, k: 2, max_tokens: 64}, answer: {examples: 40}, "
+    "rhyme: {generate: 4, max_new_tokens: 4}, credit: {texts: 3, k: 3, max_tokens: 24}}"
+)
+
+
+def test_probe_future_on_tiny_writes_its_report_and_never_overwrites(tmp_path, capsys, tiny_model_path):
+    out = tmp_path / "future"
+    argv = ["probe", "future", "--model", "base=tiny", "--data", "synthetic:arithmetic", "--k", "2"]
+    assert main([*argv, "--texts", "12", "--max-tokens", "64", "--out", str(out)]) == 0
+    report = json.loads((out / "probe.json").read_text())
+    assert report["format"] == "ntp-rl-probe-report/1" and report["instrument"] == "future"
+    future = report["beyond_ntp"]["future"]["base"]
+    assert future["distances"] == [0, 1, 2] and set(future["by_distance"]) == {"0", "1", "2"}
+    assert len(future["by_distance"]["1"]["accuracy"]) == future["num_layers"] == 3
+    markdown = (out / "probe.md").read_text()
+    assert "Future-token probes" in markdown and "(probe_future.png)" in markdown
+    assert (out / "probe_future.png").read_bytes().startswith(b"\x89PNG")
+    assert "report:" in capsys.readouterr().out
+
+    before = (out / "probe.json").read_bytes()
+    assert main([*argv, "--texts", "12", "--out", str(out)]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    assert (out / "probe.json").read_bytes() == before
+
+
+def test_probe_credit_on_a_text_file_with_its_control(tmp_path, tiny_model_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text(
+        "The cat sat on the mat and looked at the door.\n\nA bird sang in the tall green tree.\n"
+    )
+    out = tmp_path / "credit"
+    assert (
+        main(["probe", "credit", "--model", "base=tiny", "--data", str(texts), "--k", "3", "--out", str(out)])
+        == 0
+    )
+    credit = json.loads((out / "probe.json").read_text())["beyond_ntp"]["credit"]["base"]
+    assert credit["num_sequences"] == 2 and credit["share_beyond_1"] > 0
+    assert credit["control"]["share_beyond_1"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["probe", "future", "--model", "base=tiny", "--data", "missing.jsonl"], "no such file"),
+        (
+            ["probe", "future", "--model", "base=tiny", "--data", "{rows}", "--column", "body"],
+            "no column 'body'",
+        ),
+        (["probe", "credit", "--model", "base=tiny", "--data", "data.xlsx"], "use synthetic:arithmetic"),
+        (["probe", "future", "--model", "base=tiny", "--k", "99"], "--k"),
+        (["probe", "rhyme", "--model", "base=tiny", "--fit-fraction", "1.5"], "--fit-fraction"),
+        (["probe", "answer", "--model", "base=/no/such/model"], "/no/such/model"),
+    ],
+)
+def test_probe_bad_inputs_exit_2_before_loading_a_model(tmp_path, capsys, argv, message):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a"}\n{"text": "b"}\n')
+    argv = [a.replace("{rows}", str(rows)) for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "probe.json").exists()
+
+
+def test_eval_report_has_the_beyond_ntp_section_when_probes_are_on(tmp_path, tiny_model_path):
+    out = tmp_path / "eval"
+    overrides = ["max_examples=3", "generation.num_samples=0", "generation.max_new_tokens=4", SMALL_PROBES]
+    assert (
+        main(
+            ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny", *overrides, "--out", str(out)]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    section = report["beyond_ntp"]
+    assert set(section) >= {"settings", "future", "answer", "rhyme", "credit", "distance_from_ntp"}
+    assert section["credit"]["base"]["control"]["share_beyond_1"] == 0.0  # the reference runs the control
+    assert section["distance_from_ntp"]["points"]["base"]["reward_gained"] == 0.0
+    assert section["rhyme"]["base"]["generation"]["num_generated"] == 4
+    markdown = (out / "report.md").read_text()
+    assert "## Beyond next-token prediction" in markdown and "### Gradient credit by distance" in markdown
+    html = (out / "report.html").read_text()
+    assert "<h2>Beyond next-token prediction</h2>" in html
+    assert html.count('alt="future-token probe accuracy') == 1 and html.count("data:image/png;base64,") >= 6
+
+
+def test_eval_report_has_no_section_without_probes(tmp_path, tiny_model_path):
+    out = tmp_path / "plain"
+    overrides = ["max_examples=2", "generation.num_samples=0", "generation.max_new_tokens=2"]
+    assert (
+        main(
+            ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny", *overrides, "--out", str(out)]
+        )
+        == 0
+    )
+    assert "beyond_ntp" not in json.loads((out / "report.json").read_text())
+    assert "Beyond next-token prediction" not in (out / "report.md").read_text()
+
+
+def test_eval_stage_passes_its_probes_to_the_suite_and_keeps_old_config_hashes(tmp_path):
+    from ntp_rl.config import load_recipe
+    from ntp_rl.stages.evaluate import stage_suite
+
+    def recipe(eval_stage: dict) -> Path:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "run": {"name": "p", "output_dir": str(tmp_path / "runs")},
+                    "model": {"name_or_path": "tiny"},
+                    "stages": [{"kind": "sft"}, {"kind": "eval", **eval_stage}],
+                }
+            )
+        )
+        return path
+
+    plain = load_recipe(recipe({}))
+    with_null = load_recipe(recipe({"probes": None}))
+    assert plain.config_hash() == with_null.config_hash()  # runs from before probes existed resume
+    on = load_recipe(
+        recipe({"suite": "eval/arithmetic.yaml", "probes": {"future": {"k": 2}, "credit": True}})
+    )
+    assert on.config_hash() != plain.config_hash()
+    suite, _ = stage_suite(on, on.stages[1], 1, tmp_path)
+    assert suite.probes is not None and suite.probes.enabled() == ["future", "credit"]
+    inline = load_recipe(recipe({"probes": True}))
+    assert stage_suite(inline, inline.stages[1], 1, tmp_path)[0].probes.enabled() == [
+        "future", "answer", "rhyme", "credit"
+    ]  # fmt: skip
+
+
+def test_probes_key_errors_name_their_path(tmp_path, capsys):
+    out = tmp_path / "bad"
+    argv = ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny", "probes={futur: {k: 2}}"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "probes.futur: unknown key; did you mean future?" in capsys.readouterr().err
