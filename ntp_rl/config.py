@@ -65,6 +65,9 @@ class ArithmeticOptions(StrictModel):
     num_train: int = Field(2000, gt=0)
     num_test: int = Field(200, gt=0)
     two_step_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # Worked solutions that split a two-digit operand into tens and ones ("47 + 38 = 47 + 30 + 8 =
+    # 77 + 8 = 85.") instead of one step ("47 + 38 = 85."); same problems, easier to learn for SFT.
+    decomposed_solutions: bool = False
 
 
 class DataSettings(StrictModel):

@@ -41,7 +41,10 @@ def _load_synthetic(data: DataSettings, split: str, seed: int):
     options = data.arithmetic
     num = options.num_train if split == data.train_split else options.num_test
     task_split = "train" if split == data.train_split else "test"
-    rows = generate(task_split, num, seed=seed, two_step_fraction=options.two_step_fraction)
+    kwargs = {"two_step_fraction": options.two_step_fraction}
+    if task == "arithmetic":
+        kwargs["decomposed_solutions"] = options.decomposed_solutions
+    rows = generate(task_split, num, seed=seed, **kwargs)
     return Dataset.from_list(rows)
 
 

@@ -17,7 +17,23 @@ from ntp_rl.tasks.arithmetic import (
 )
 
 OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
-STEP = re.compile(r"^(\d+) ([+*-]) (\d+) = (\d+)\.$")
+STEP = re.compile(r"^(\d+) ([+*-]) (\d+) = (?:[\d +*-]+ = )*(\d+)\.$")
+EXPRESSION = re.compile(r"^\d+(?: [+*-] \d+)*$")
+
+
+def evaluate_expression(text: str) -> int:
+    """Value of 'a op b op c ...' with * before + and -, for checking decomposed solution steps."""
+    assert EXPRESSION.match(text), text
+    terms, signs = [], [1]
+    for part in re.split(r" ([+-]) ", text):
+        if part in "+-":
+            signs.append(1 if part == "+" else -1)
+        else:
+            value = 1
+            for factor in part.split(" * "):
+                value *= int(factor)
+            terms.append(value)
+    return sum(sign * term for sign, term in zip(signs, terms, strict=True))
 
 
 def answer_from_key(key: str) -> int:
@@ -69,9 +85,10 @@ def test_rows_within_a_split_are_distinct_problems(split, size):
     assert len(keys(rows)) == size
 
 
+@pytest.mark.parametrize("decomposed", [False, True])
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_answers_solutions_and_prompts_agree(split):
-    for row in generate(split, 600, seed=2, two_step_fraction=0.4):
+def test_answers_solutions_and_prompts_agree(split, decomposed):
+    for row in generate(split, 600, seed=2, two_step_fraction=0.4, decomposed_solutions=decomposed):
         answer = answer_from_key(row["key"])
         assert row["answer"] == str(answer) and answer >= 0, row
         *steps, last = row["solution"].split("\n")
@@ -81,6 +98,9 @@ def test_answers_solutions_and_prompts_agree(split):
         for step in steps:
             left, symbol, right, result = STEP.match(step).groups()
             assert OPERATORS[symbol](int(left), int(right)) == int(result), step
+            # every intermediate expression of a worked step equals the step's result
+            for expression in step.removesuffix(".").split(" = "):
+                assert evaluate_expression(expression) == int(result), step
             if previous is not None:
                 assert int(left) == previous, row["solution"]  # step two starts from step one's result
             previous = int(result)

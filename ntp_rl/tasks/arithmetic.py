@@ -177,23 +177,49 @@ def _draw_two_step(rng: random.Random) -> tuple[str, int, int, int]:
                 return form, a, b, c
 
 
+def _worked_step(left: int, symbol: str, right: int, decomposed: bool) -> str:
+    """One solution line, e.g. "47 + 38 = 47 + 30 + 8 = 77 + 8 = 85." (decomposed) or "47 + 38 = 85.".
+
+    The decomposed form splits the two-digit operand into tens and ones, so that every step is an
+    operation a small model can learn (tens, then ones); the problem itself is unchanged.
+    """
+    result = {"+": left + right, "-": left - right, "*": left * right}[symbol]
+    if not decomposed:
+        return f"{left} {symbol} {right} = {result}."
+    if symbol == "*":  # a two-digit (or larger) number times a one-digit number
+        tens, ones = left - left % 10, left % 10
+        if ones == 0:
+            return f"{left} * {right} = {result}."
+        return f"{left} * {right} = {tens} * {right} + {ones} * {right} = {tens * right} + {ones * right} = {result}."
+    tens, ones = right - right % 10, right % 10
+    if tens == 0 or ones == 0:
+        return f"{left} {symbol} {right} = {result}."
+    middle = left + tens if symbol == "+" else left - tens
+    return f"{left} {symbol} {right} = {left} {symbol} {tens} {symbol} {ones} = {middle} {symbol} {ones} = {result}."
+
+
 def _row(
-    operation: str, template_group: str, operands: tuple[int, ...], key: str, rng: random.Random
+    operation: str,
+    template_group: str,
+    operands: tuple[int, ...],
+    key: str,
+    rng: random.Random,
+    decomposed: bool = False,
 ) -> dict[str, str]:
     a, b, c = (*operands, 0)[:3]
     name, name2 = rng.sample(NAMES, 2)
     template = rng.choice(TEMPLATES[template_group])
     question = template.format(a=a, b=b, c=c, name=name, name2=name2, items=rng.choice(ITEMS))
     if template_group == "add_sub":
-        steps, answer = [f"{a} + {b} = {a + b}.", f"{a + b} - {c} = {a + b - c}."], a + b - c
+        steps, answer = [_worked_step(a, "+", b, decomposed), _worked_step(a + b, "-", c, decomposed)], a + b - c
     elif template_group == "mul_add":
-        steps, answer = [f"{a} * {b} = {a * b}.", f"{a * b} + {c} = {a * b + c}."], a * b + c
+        steps, answer = [_worked_step(a, "*", b, decomposed), _worked_step(a * b, "+", c, decomposed)], a * b + c
     elif template_group == "mul_sub":
-        steps, answer = [f"{a} * {b} = {a * b}.", f"{a * b} - {c} = {a * b - c}."], a * b - c
+        steps, answer = [_worked_step(a, "*", b, decomposed), _worked_step(a * b, "-", c, decomposed)], a * b - c
     else:
         symbol = {"add": "+", "sub": "-", "mul": "*"}[operation]
         answer = {"add": a + b, "sub": a - b, "mul": a * b}[operation]
-        steps = [f"{a} {symbol} {b} = {answer}."]
+        steps = [_worked_step(a, symbol, b, decomposed)]
     return {
         "prompt": f"{question} {ANSWER_INSTRUCTION}",
         "answer": str(answer),
@@ -204,7 +230,11 @@ def _row(
 
 
 def generate(
-    split: str, num_examples: int, seed: int = 0, two_step_fraction: float = 0.0
+    split: str,
+    num_examples: int,
+    seed: int = 0,
+    two_step_fraction: float = 0.0,
+    decomposed_solutions: bool = False,
 ) -> list[dict[str, str]]:
     """`num_examples` distinct problems of `split` ("train" or "test"), shuffled; see the module docstring.
 
@@ -234,7 +264,7 @@ def generate(
             a, b = (int(x) for x in key.split(":")[1].split(","))
             if op == "add" and rng.random() < 0.5:
                 a, b = b, a  # the key is sorted; the question shows either order
-            rows.append(_row(op, op, (a, b), key, rng))
+            rows.append(_row(op, op, (a, b), key, rng, decomposed_solutions))
 
     # Two-step problems number in the tens of thousands even in "test", so rejection sampling finds new
     # ones quickly; the attempt cap only turns an impossible request into an error instead of a hang.
@@ -248,7 +278,7 @@ def generate(
         key = f"two_step:{form}:{first},{second},{c}"
         if key not in seen and _split_of(key) == split:
             seen.add(key)
-            rows.append(_row("two_step", form, (a, b, c), key, rng))
+            rows.append(_row("two_step", form, (a, b, c), key, rng, decomposed_solutions))
     if len(seen) < num_two_step:
         raise ValueError(f"num_examples: could not find {num_two_step} distinct two-step {split!r} problems")
     rng.shuffle(rows)
