@@ -18,6 +18,7 @@ import argparse
 import datetime as _dt
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,17 @@ HELP = {
     "rhyme": "the rhyme family of the next line, read at the line break of built-in couplets; rhyme rate",
     "credit": "share of the gradient reaching position t from the loss at t+1 vs t+k, with a stop-gradient control",
 }
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, kind: Any, what: str, instrument: str | None) -> None:
+    """A flag whose help shows its default, read from settings.py (the one place defaults live)."""
+    from ntp_rl.probes.settings import ProbeSettings
+
+    field = flag.removeprefix("--").replace("-", "_")
+    owner: Any = ProbeSettings
+    if instrument is not None:
+        owner = typing.get_args(ProbeSettings.model_fields[instrument].annotation)[0]
+    parser.add_argument(flag, type=kind, help=f"{what} (default {owner.model_fields[field].default})")
 
 
 def add_probe_parser(sub: Any, positive: Any) -> None:
@@ -54,29 +66,27 @@ def add_probe_parser(sub: Any, positive: Any) -> None:
                 help="synthetic:arithmetic (default) or a local .jsonl/.json/.csv/.parquet/.txt file",
             )
         if name in ("future", "credit"):
-            parser.add_argument("--column", default="text", help="text column of a data file (text)")
-            parser.add_argument("--texts", type=positive(int), help="texts read")
-            parser.add_argument("--max-tokens", type=positive(int), help="tokens per text, longer ones cut")
-            parser.add_argument("--k", type=positive(int), help="largest distance (future: 3, credit: 4)")
+            parser.add_argument("--column", default="text", help="text column of a data file (default text)")
+            _option(parser, "--texts", positive(int), "texts read", name)
+            _option(parser, "--max-tokens", positive(int), "tokens per text, longer ones cut", name)
+            _option(parser, "--k", positive(int), "largest distance", name)
         if name == "future":
-            parser.add_argument("--vocab", type=positive(int), help="target classes besides 'other' (64)")
-            parser.add_argument("--max-positions", type=positive(int), help="positions probed (3000)")
+            _option(parser, "--vocab", positive(int), "target classes besides 'other'", name)
+            _option(parser, "--max-positions", positive(int), "positions probed", name)
         if name == "answer":
-            parser.add_argument("--examples", type=positive(int), help="items (300)")
-            parser.add_argument("--buckets", type=positive(int), help="answer size buckets (4)")
+            _option(parser, "--examples", positive(int), "items", name)
+            _option(parser, "--buckets", positive(int), "answer size buckets", name)
         if name == "rhyme":
-            parser.add_argument("--generate", type=int, help="second lines generated to check rhyming (64)")
-            parser.add_argument("--max-new-tokens", type=positive(int), help="tokens per second line (16)")
+            _option(parser, "--generate", int, "second lines generated to check rhyming", name)
+            _option(parser, "--max-new-tokens", positive(int), "tokens per second line", name)
         if name == "credit":
-            parser.add_argument("--max-targets", type=positive(int), help="target positions per batch (8)")
+            _option(parser, "--max-targets", positive(int), "target positions per batch", name)
             parser.add_argument(
                 "--no-control", action="store_true", help="skip the stop-gradient control run"
             )
-        parser.add_argument(
-            "--fit-fraction", type=float, help="share of texts/items fitting the probes (0.7)"
-        )
-        parser.add_argument("--seed", type=int, help="data and split seed (0)")
-        parser.add_argument("--batch-size", type=positive(int), help="sequences per forward pass (16)")
+        _option(parser, "--fit-fraction", float, "share of texts/items fitting the probes", None)
+        _option(parser, "--seed", int, "data and split seed", None)
+        _option(parser, "--batch-size", positive(int), "sequences per forward pass", None)
         parser.add_argument("--out", help="new folder (default runs/probes/<timestamp>-<instrument>)")
         parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         parser.add_argument(

@@ -40,7 +40,7 @@ def split_groups(groups: Sequence[int], fit_fraction: float, seed: int) -> list[
 def _standardise(x, fit):
     import torch
 
-    x = x.double()
+    x = x.float()
     mean = x[fit].mean(0)
     std = x[fit].std(0).clamp(min=1e-6) if int(fit.sum()) > 1 else torch.ones_like(mean)
     z = (x - mean) / std
@@ -50,14 +50,16 @@ def _standardise(x, fit):
 def _one_hot(labels, num_classes: int):
     import torch
 
-    return torch.nn.functional.one_hot(labels, num_classes).double()
+    return torch.nn.functional.one_hot(labels, num_classes).float()
 
 
 def _solve(z_train, targets: list, z_eval, ridges: Sequence[Sequence[float]]) -> list[list[Any]]:
     """Predictions on z_eval for each target matrix and each of its lams (one eigendecomposition)."""
     import torch
 
-    eigenvalues, vectors = torch.linalg.eigh(z_train.T @ z_train)
+    # float64 for the decomposition only; the products around it are fine in float32.
+    eigenvalues, vectors = torch.linalg.eigh((z_train.T @ z_train).double())
+    eigenvalues, vectors = eigenvalues.float(), vectors.float()
     projected = z_eval @ vectors
     out = []
     for target, lams in zip(targets, ridges, strict=True):

@@ -35,13 +35,13 @@ class FutureProbeSettings(_Strict):
     # gives one text per non-empty line).
     data: str = DEFAULT_TEXT_SOURCE
     column: str = "text"
-    texts: int = Field(100, gt=1)
+    texts: int = Field(64, gt=1)
     max_tokens: int = Field(160, gt=1)  # per text; longer texts are cut
     # Target classes: the `vocab` most frequent tokens of the fit texts, plus one "other" class.
     vocab: int = Field(64, ge=2)
-    # Positions sampled over all texts (hidden states of every layer are kept for each: 3000 x 31
-    # layers x 576 floats is about 210 MB for the default model).
-    max_positions: int = Field(3000, gt=10)
+    # Positions sampled over all texts (hidden states of every layer are kept for each: 2000 x 31
+    # layers x 576 floats is about 140 MB for the default model).
+    max_positions: int = Field(2000, gt=10)
 
 
 class AnswerProbeSettings(_Strict):
