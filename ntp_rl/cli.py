@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ntp_rl.errors import TrainingDiverged, UserError
+from ntp_rl.rewards.errors import RewardRuntimeError
 
 logger = logging.getLogger("ntp_rl")
 
@@ -259,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ntp-rl: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
+        print(f"ntp-rl: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except RewardRuntimeError as exc:  # a reward broke mid-run: its message names the reward and sample
         print(f"ntp-rl: training stopped: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

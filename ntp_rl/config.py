@@ -150,6 +150,8 @@ class RewardSpecSettings(StrictModel):
     weight: float = 1.0
     kwargs: dict[str, Any] = Field(default_factory=dict)
     on_error: Literal["raise", "skip"] = "raise"
+    # Wall-clock limit of one reward call (a batch); past it the call is an error under `on_error`.
+    timeout_seconds: float | None = Field(120.0, gt=0)
     # A gold signal (the true objective) watched beside a learned reward for over-optimisation;
     # logged with weight 0 unless the recipe gives it a weight.
     gold: bool = False

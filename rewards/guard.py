@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -23,6 +24,11 @@ from .errors import RewardDataError, RewardRuntimeError
 logger = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
+
+
+class RewardTimeout(Exception):
+    """A reward call ran past its `timeout_seconds`."""
+
 
 _PREVIEW_CHARS = 200
 _WARNED_EVENTS = 5  # skipped errors logged as warnings per reward; later ones only at debug level
@@ -35,7 +41,12 @@ class GuardedReward:
     """`fn` behind the checks and the `on_error` policy; picklable, logged by TRL as `name`."""
 
     def __init__(
-        self, fn: Callable[..., Any], name: str, on_error: OnError = "raise", origin: str | None = None
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        on_error: OnError = "raise",
+        origin: str | None = None,
+        timeout_seconds: float | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -43,6 +54,9 @@ class GuardedReward:
         self.__name__ = name
         self.on_error = on_error
         self.origin = origin  # the spec it came from, for messages: "rewards[1] (path ./my_rewards.py:fn)"
+        # Wall-clock limit of one call; a call past it is an error (the hung thread is abandoned: Python
+        # cannot kill a thread, but the run goes on). None: no limit.
+        self.timeout_seconds = timeout_seconds
         self.error_count = 0  # samples scored None because of an error, over this object's life
         self._error_events = 0
 
@@ -52,7 +66,15 @@ class GuardedReward:
     def __call__(self, completions: list, **kwargs: Any) -> list[float | None]:
         count = len(completions)
         try:
-            values = self.fn(completions=completions, **kwargs)
+            values = self._call(completions, kwargs)
+        except RewardTimeout as exc:
+            if self.on_error == "raise":
+                raise RewardRuntimeError(
+                    f"reward '{self.__name__}' {exc} on a batch of {count}. Fix the reward, raise its "
+                    "`timeout_seconds`, or set `on_error: skip` on its spec to score such batches None."
+                ) from None
+            self._skipped(str(exc), count, count, kwargs)
+            return [None] * count
         except RewardDataError:
             raise
         except Exception as exc:
@@ -85,6 +107,27 @@ class GuardedReward:
         if self.on_error == "skip":
             self._skipped(first_problem, bad, count, kwargs)
         return scores
+
+    def _call(self, completions: list, kwargs: dict) -> Any:
+        if self.timeout_seconds is None:
+            return self.fn(completions=completions, **kwargs)
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["values"] = self.fn(completions=completions, **kwargs)
+            except BaseException as exc:  # handed back to the calling thread
+                box["error"] = exc
+
+        # A daemon thread, so that an abandoned call never blocks the interpreter's exit.
+        worker = threading.Thread(target=target, name=f"reward-{self.__name__}", daemon=True)
+        worker.start()
+        worker.join(self.timeout_seconds)
+        if worker.is_alive():
+            raise RewardTimeout(f"took longer than its timeout of {self.timeout_seconds:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["values"]
 
     def _batch_violation(self, problem: str, completions: list, kwargs: dict) -> list[None]:
         if self.on_error == "raise":

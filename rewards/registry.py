@@ -79,6 +79,7 @@ class RewardSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     on_error: OnError = "raise"
     gold: bool = False
+    timeout_seconds: float | None = None  # wall-clock limit of one call; past it, an error under on_error
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.name, self.path, self.reward_model)) != 1:
@@ -139,7 +140,9 @@ def resolve_reward(
         target = _load_target(spec, base_dir, label)
         reward = _bind_settings(target, spec.kwargs, label)
     _check_signature(reward, label)
-    guarded = GuardedReward(reward, _callable_name(reward), spec.on_error, origin=label)
+    guarded = GuardedReward(
+        reward, _callable_name(reward), spec.on_error, origin=label, timeout_seconds=spec.timeout_seconds
+    )
     try:
         pickle.loads(pickle.dumps(guarded))
     except Exception as exc:
