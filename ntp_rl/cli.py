@@ -252,7 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides (key.path=value) may come after flags too: `train r.yaml --smoke a.b=1` as well as
+    # `train r.yaml a.b=1 --smoke`. argparse stops collecting a positional list at the first flag.
+    args, extra = parser.parse_known_args(argv)
+    late = [item for item in extra if "=" in item and not item.startswith("-")]
+    if late and hasattr(args, "overrides"):
+        args.overrides = [*(args.overrides or []), *late]
+        extra = [item for item in extra if item not in late]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

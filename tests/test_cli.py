@@ -92,3 +92,14 @@ def test_two_processes_train_data_parallel(tmp_path, tiny_model_path):
     assert [s["step"] for s in train_steps] == [1, 2]  # logged once, by rank 0 only
     # Effective batch = 2 processes x per_device_train_batch_size 2 = 4 rows of the 16: 0.25 epoch a step.
     assert train_steps[0]["epoch"] == pytest.approx(4 / 16)
+
+
+def test_overrides_may_follow_flags(tmp_path):
+    from ntp_rl.cli import main
+
+    # An override after --smoke reaches the recipe: a bad key there is reported by its path.
+    code = main(["train", str(REPO / "recipes" / "quickstart.yaml"), "--smoke", "--output-dir", str(tmp_path),
+                 "stages[0].trainer.lerning_rate=1"])
+    assert code == 2
+    with pytest.raises(SystemExit):
+        main(["train", str(REPO / "recipes" / "quickstart.yaml"), "--no-such-flag"])
