@@ -37,6 +37,25 @@ def test_probe_future_on_tiny_writes_its_report_and_never_overwrites(tmp_path, c
     assert (out / "probe.json").read_bytes() == before
 
 
+def test_probe_of_an_adapter_merges_it(tmp_path, tiny_model_path):
+    """A fresh LoRA adapter (B = 0) is the base itself: the same numbers, and the adapter's hash recorded."""
+    from peft import LoraConfig, get_peft_model
+
+    from ntp_rl.models import load_causal_lm
+
+    adapter = tmp_path / "adapter"
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"])
+    get_peft_model(load_causal_lm(tiny_model_path), config).save_pretrained(str(adapter))
+    out = tmp_path / "answer"
+    argv = ["probe", "answer", "--model", "base=tiny", "--model", f"lora={adapter}", "--examples", "40"]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads((out / "probe.json").read_text())
+    answer = report["beyond_ntp"]["answer"]
+    for target in ("last_digit", "bucket"):
+        assert answer["lora"]["targets"][target]["accuracy"] == answer["base"]["targets"][target]["accuracy"]
+    assert report["models"]["lora"]["adapter_sha256"]
+
+
 def test_probe_credit_on_a_text_file_with_its_control(tmp_path, tiny_model_path):
     texts = tmp_path / "texts.txt"
     texts.write_text(

@@ -6,10 +6,10 @@
     ntp-rl probe credit --model base=default --model rl=runs/q/rl --data texts.jsonl [--column text] [--k 4]
 
 `--model` takes the same `label=spec` as `ntp-rl eval` (default, tiny, a model folder, a hub id, a
-run stage folder); adapters over one base share one loaded copy. Inputs (models, data, settings,
-output folder) are checked before any model loads; bad ones exit with status 2. The folder (default
-`runs/probes/<UTC timestamp>-<instrument>`) gets `probe.json` (the source of truth), `probe.md` and
-the plots as PNG files; a folder that already holds a probe report is refused, never overwritten.
+run stage folder); each is loaded in turn, its adapter merged into the weights. Inputs (models,
+data, settings, output folder) are checked before any model loads; bad ones exit with status 2.
+The folder (default `runs/probes/<UTC timestamp>-<instrument>`) gets `probe.json` (the source of
+truth), `probe.md` and the plots as PNG files; one that holds a probe report already is refused.
 """
 
 from __future__ import annotations

@@ -118,21 +118,25 @@ def load_and_probe(
     dtype: str = "float32",
     trust_remote_code: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Load each base once (adapters beside it, as the eval harness does) and probe every checkpoint."""
-    from ntp_rl.evaluation.checkpoints import LoadedGroup, group_by_base
+    """Load each checkpoint in turn, its adapter merged into the weights, and probe it.
+
+    Merged weights make a plain forward pass, about twice as fast on CPU as one through LoRA
+    wrappers; the eval harness, which has its models loaded already, probes adapters in place.
+    """
+    from ntp_rl.evaluation.checkpoints import LoadedGroup
     from ntp_rl.evaluation.report import reference_label
 
     reference = reference_label([c.label for c in checkpoints])
     results: dict[str, dict[str, Any]] = {}
-    for base, members in group_by_base(checkpoints):
-        group = LoadedGroup(base, members, dtype, trust_remote_code)
-        for checkpoint in members:
-            with group.active(checkpoint) as model:
-                results[checkpoint.label] = probe_checkpoint(
-                    settings, inputs, model, group.tokenizer, checkpoint.label == reference, checkpoint.label
-                )
-        del group
-    return {label: results[label] for label in (c.label for c in checkpoints)}
+    for checkpoint in checkpoints:
+        group = LoadedGroup(checkpoint.base, [checkpoint], dtype, trust_remote_code)
+        model = group.model.merge_and_unload() if checkpoint.adapter is not None else group.model
+        model.eval()
+        results[checkpoint.label] = probe_checkpoint(
+            settings, inputs, model, group.tokenizer, checkpoint.label == reference, checkpoint.label
+        )
+        del group, model  # free this copy before the next loads
+    return results
 
 
 def beyond_ntp_section(

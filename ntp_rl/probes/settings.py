@@ -2,6 +2,7 @@
 
     probes: {future: {k: 3, texts: 100}, answer: true, rhyme: true, credit: {texts: 8}}
     probes: true          # every instrument with the defaults below
+    probes: {}            # no instrument, only the distance-from-NTP plot
     probes: null          # (the default) none; `false` means the same
 
 In a mapping, an instrument that is not named does not run; `true` gives it its defaults. The
