@@ -166,3 +166,29 @@ def test_probes_key_errors_name_their_path(tmp_path, capsys):
     argv = ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny", "probes={futur: {k: 2}}"]
     assert main([*argv, "--out", str(out)]) == 2
     assert "probes.futur: unknown key; did you mean future?" in capsys.readouterr().err
+
+
+def test_eval_stage_with_probes_probes_base_and_adapter_in_place(write_recipe, tmp_path, tiny_model_path):
+    """A 1-step SFT run then an eval stage with probes: the adapter is probed through the shared
+    PeftModel (credit needs gradients through it), and the distance plot gets the adapter's KL."""
+    recipe = {
+        "run": {"name": "pr"},
+        "model": {"name_or_path": "tiny", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}},
+        "data": {"arithmetic": {"num_train": 8, "num_test": 4}},
+        "stages": [
+            {"kind": "sft", "eval_examples": 0,
+             "trainer": {"max_steps": 1, "per_device_train_batch_size": 2, "warmup_steps": 0,
+                         "learning_rate": 0.05, "logging_steps": 1}},
+            {"kind": "eval", "max_examples": 2, "num_samples": 0, "max_new_tokens": 3,
+             "probes": {"future": {"texts": 8, "k": 1, "max_tokens": 48}, "credit": {"texts": 2, "k": 2},
+                        "answer": {"examples": 30}}},
+        ],
+    }  # fmt: skip
+    assert main(["train", str(write_recipe(recipe))]) == 0
+    section = json.loads((tmp_path / "runs" / "pr" / "eval" / "report.json").read_text())["beyond_ntp"]
+    assert section["checkpoints"] == ["base", "sft"] and "rhyme" not in section
+    assert set(section["future"]) == set(section["credit"]) == {"base", "sft"}
+    assert section["credit"]["sft"]["share_beyond_1"] > 0 and "control" not in section["credit"]["sft"]
+    assert section["credit"]["base"]["control"]["share_beyond_1"] == 0.0
+    points = section["distance_from_ntp"]["points"]
+    assert points["base"]["kl_to_base"] == 0.0 and points["sft"]["kl_to_base"] > 0
