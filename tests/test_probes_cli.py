@@ -116,6 +116,24 @@ def test_eval_report_has_the_beyond_ntp_section_when_probes_are_on(tmp_path, tin
     assert html.count('alt="future-token probe accuracy') == 1 and html.count("data:image/png;base64,") >= 6
 
 
+def test_a_probe_that_cannot_measure_exits_2_alone_and_is_recorded_in_an_eval(
+    tmp_path, capsys, tiny_model_path
+):
+    argv = ["probe", "credit", "--model", "base=tiny", "--k", "30", "--max-tokens", "8"]
+    assert main([*argv, "--out", str(tmp_path / "alone")]) == 2
+    assert "too short for k = 30" in capsys.readouterr().err
+
+    out = tmp_path / "eval"
+    overrides = ["max_examples=2", "generation.num_samples=0", "generation.max_new_tokens=2"]
+    probes = "probes={future: {texts: 8, k: 1, max_tokens: 48}, credit: {k: 30, max_tokens: 8}}"
+    argv = ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny", *overrides, probes]
+    assert main([*argv, "--out", str(out)]) == 0  # the eval is not lost to one probe
+    section = json.loads((out / "report.json").read_text())["beyond_ntp"]
+    assert "future" in section and "credit" not in section
+    assert "too short" in section["errors"]["credit"]["base"]
+    assert "credit on base: not measured" in (out / "report.md").read_text()
+
+
 def test_eval_report_has_no_section_without_probes(tmp_path, tiny_model_path):
     out = tmp_path / "plain"
     overrides = ["max_examples=2", "generation.num_samples=0", "generation.max_new_tokens=2"]

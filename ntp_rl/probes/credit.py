@@ -115,6 +115,8 @@ def gradient_credit(
     if not sequences:
         raise ValueError("credit by distance needs sequences of at least 2 tokens")
     totals: dict[str, Any] = {"longest": max(len(s) for s in sequences)}
+    if totals["longest"] <= k:
+        raise ValueError(f"the longest sequence has {totals['longest']} tokens: too short for k = {k}")
     was_training = model.training
     model.eval()
     with torch.enable_grad(), detached_keys_values(model) if detach_kv else _no_hooks() as hooked:

@@ -305,6 +305,10 @@ def render_markdown_section(
         lines += ["| " + " | ".join(_md(h) for h in header) + " |", "|---" * len(header) + "|"]
         lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
         lines.append("")
+    for name, failed in (section.get("errors") or {}).items():
+        for label, message in failed.items():
+            lines += [f"- {name} on {_md(label)}: not measured ({_md(message)})"]
+        lines.append("")
     for stem, file in (images or {}).items():
         lines += [f"![{stem}]({file})", ""]
     seconds = {
@@ -329,6 +333,9 @@ def render_html_section(section: dict[str, Any]) -> str:
         parts.append(
             f"<h3>{escape(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         )
+    for name, failed in (section.get("errors") or {}).items():
+        for label, message in failed.items():
+            parts.append(f"<p>{escape(name)} on {escape(label)}: not measured ({escape(message)})</p>")
     for _, alt, png in plots(section):
         data = base64.b64encode(png).decode("ascii")
         parts.append(f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">')

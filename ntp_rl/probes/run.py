@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.errors import UserError
 from ntp_rl.probes.settings import ProbeSettings
 from ntp_rl.probes.texts import Text, encode_text, load_answer_items, load_texts
 
@@ -60,51 +61,62 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def probe_checkpoint(
-    settings: ProbeSettings, inputs: ProbeInputs, model, tokenizer, control: bool = False, label: str = ""
-) -> dict[str, Any]:
-    """Every enabled instrument on one model state; `control` adds the credit stop-gradient control."""
+def _instrument(name: str, settings: ProbeSettings, inputs: ProbeInputs, model, tokenizer, control: bool):
     from ntp_rl.probes.answer import answer_probe
     from ntp_rl.probes.credit import gradient_credit
     from ntp_rl.probes.future import future_token_probe
     from ntp_rl.probes.rhyme import rhyme_probe
 
-    results: dict[str, Any] = {}
     seed, fit_fraction, batch_size = settings.seed, settings.fit_fraction, settings.batch_size
+    pad_id = _pad_id(tokenizer)
+    if name == "future":
+        f = settings.future
+        sequences = [encode_text(tokenizer, t, f.max_tokens) for t in inputs.future_texts or []]
+        return future_token_probe(
+            model, sequences, f.k, f.vocab, f.max_positions, fit_fraction, seed, pad_id, batch_size
+        )
+    if name == "answer":
+        a = settings.answer
+        items = inputs.answer_items or []
+        return answer_probe(model, tokenizer, items, a.buckets, fit_fraction, seed, batch_size)
+    if name == "rhyme":
+        r = settings.rhyme
+        return rhyme_probe(model, tokenizer, r.generate, r.max_new_tokens, fit_fraction, seed, batch_size)
+    c = settings.credit
+    sequences = [encode_text(tokenizer, t, c.max_tokens) for t in inputs.credit_texts or []]
+    result = gradient_credit(model, sequences, c.k, c.max_targets, pad_id, batch_size)
+    if control and c.control:
+        result["control"] = gradient_credit(
+            model, sequences, c.k, c.max_targets, pad_id, batch_size, detach_kv=True
+        )
+    return result
+
+
+def probe_checkpoint(
+    settings: ProbeSettings,
+    inputs: ProbeInputs,
+    model,
+    tokenizer,
+    control: bool = False,
+    label: str = "",
+    raise_errors: bool = False,
+) -> dict[str, Any]:
+    """Every enabled instrument on one model state; `control` adds the credit stop-gradient control.
+
+    An instrument that cannot measure (too few positions or items, texts shorter than k, a model
+    without k/v projections for the control) raises a UserError when `raise_errors`, else its result
+    is `{"error": message}` and the others still run (an eval should not be lost to a probe).
+    """
+    results: dict[str, Any] = {}
     for name in settings.enabled():
         started = time.time()
-        if name == "future":
-            f = settings.future
-            sequences = [encode_text(tokenizer, t, f.max_tokens) for t in inputs.future_texts or []]
-            result = future_token_probe(
-                model,
-                sequences,
-                f.k,
-                f.vocab,
-                f.max_positions,
-                fit_fraction,
-                seed,
-                _pad_id(tokenizer),
-                batch_size,
-            )
-        elif name == "answer":
-            a = settings.answer
-            result = answer_probe(
-                model, tokenizer, inputs.answer_items or [], a.buckets, fit_fraction, seed, batch_size
-            )
-        elif name == "rhyme":
-            r = settings.rhyme
-            result = rhyme_probe(
-                model, tokenizer, r.generate, r.max_new_tokens, fit_fraction, seed, batch_size
-            )
-        else:
-            c = settings.credit
-            sequences = [encode_text(tokenizer, t, c.max_tokens) for t in inputs.credit_texts or []]
-            result = gradient_credit(model, sequences, c.k, c.max_targets, _pad_id(tokenizer), batch_size)
-            if control and c.control:
-                result["control"] = gradient_credit(
-                    model, sequences, c.k, c.max_targets, _pad_id(tokenizer), batch_size, detach_kv=True
-                )
+        try:
+            result = _instrument(name, settings, inputs, model, tokenizer, control)
+        except ValueError as exc:
+            if raise_errors:
+                raise UserError(f"probe {name} on {label or 'the model'}: {exc}") from None
+            logger.warning("probe %s on %s could not measure: %s", name, label or "the model", exc)
+            result = {"error": str(exc)}
         result["seconds"] = round(time.time() - started, 2)
         logger.info("probe %s on %s: %.1f s", name, label or "model", result["seconds"])
         results[name] = result
@@ -133,7 +145,13 @@ def load_and_probe(
         model = group.model.merge_and_unload() if checkpoint.adapter is not None else group.model
         model.eval()
         results[checkpoint.label] = probe_checkpoint(
-            settings, inputs, model, group.tokenizer, checkpoint.label == reference, checkpoint.label
+            settings,
+            inputs,
+            model,
+            group.tokenizer,
+            control=checkpoint.label == reference,
+            label=checkpoint.label,
+            raise_errors=True,
         )
         del group, model  # free this copy before the next loads
     return results
@@ -154,9 +172,12 @@ def beyond_ntp_section(
         "checkpoints": list(results),
     }
     for name in INSTRUMENTS:
-        by_label = {label: r[name] for label, r in results.items() if name in r}
+        by_label = {label: r[name] for label, r in results.items() if name in r and "error" not in r[name]}
         if by_label:
             section[name] = by_label
+        failed = {label: r[name]["error"] for label, r in results.items() if "error" in r.get(name, {})}
+        if failed:
+            section.setdefault("errors", {})[name] = failed
     if summary is not None and reference is not None:
         section["distance_from_ntp"] = distance_from_ntp(summary, reference, adapters or {})
     return section
