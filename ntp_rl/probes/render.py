@@ -257,7 +257,9 @@ def plot_distance(distance: dict[str, Any]) -> bytes | None:
             ax.scatter([100 * p["reward_gained"]], [p[key]], color=f"C{index % 10}", label=label)
             ax.annotate(label, (100 * p["reward_gained"], p[key]), fontsize=8, xytext=(4, 4),
                         textcoords="offset points")  # fmt: skip
-        ax.set_xlabel(f"{distance['accuracy_metric']} gained over {distance['reference']} (points)")
+        metric = distance["accuracy_metric"].replace("_", " ")
+        ax.set_xlabel(f"{metric} gained over {distance['reference']} (points)")
+        ax.margins(0.2)  # room for the labels of the outermost points
         ax.set_ylabel(name)
     fig.suptitle("Distance from next-token prediction against reward gained")
     return _png(fig)
