@@ -136,7 +136,12 @@ def filter_prompts(model, tokenizer, train, reward_funcs, weights, settings, arg
         seed=seed,
     )
     logger.info("prompt filter: sampling %d x %d completions", len(candidates), settings.samples)
-    generations = generate(model, tokenizer, list(candidates["prompt"]), decoding, settings.batch_size)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(candidates), desc="prompt filter", unit="prompt") as bar:
+        generations = generate(
+            model, tokenizer, list(candidates["prompt"]), decoding, settings.batch_size, bar.update
+        )
     n = settings.samples
     texts = [text for gen in generations for text in gen.texts]
     columns = {
