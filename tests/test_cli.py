@@ -98,8 +98,16 @@ def test_overrides_may_follow_flags(tmp_path):
     from ntp_rl.cli import main
 
     # An override after --smoke reaches the recipe: a bad key there is reported by its path.
-    code = main(["train", str(REPO / "recipes" / "quickstart.yaml"), "--smoke", "--output-dir", str(tmp_path),
-                 "stages[0].trainer.lerning_rate=1"])
+    code = main(
+        [
+            "train",
+            str(REPO / "recipes" / "quickstart.yaml"),
+            "--smoke",
+            "--output-dir",
+            str(tmp_path),
+            "stages[0].trainer.lerning_rate=1",
+        ]
+    )
     assert code == 2
     with pytest.raises(SystemExit):
         main(["train", str(REPO / "recipes" / "quickstart.yaml"), "--no-such-flag"])

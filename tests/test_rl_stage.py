@@ -19,12 +19,25 @@ def _recipe(algorithm: str) -> dict:
         "model": {"name_or_path": "tiny", "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}},
         "data": {"arithmetic": {"num_train": 16, "num_test": 4}},
         "stages": [
-            {"kind": "sft", "eval_examples": 0,
-             "trainer": {"max_steps": 1, "per_device_train_batch_size": 2, "warmup_steps": 0}},
-            {"kind": "rl", "algorithm": algorithm,
-             "rewards": [{"path": PLUGIN, "weight": 1.0}, {"name": "math_accuracy", "weight": 0.0}],
-             "trainer": {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4,
-                         "max_completion_length": 8, "learning_rate": 1e-2, "logging_steps": 1, "save_steps": 100}},
+            {
+                "kind": "sft",
+                "eval_examples": 0,
+                "trainer": {"max_steps": 1, "per_device_train_batch_size": 2, "warmup_steps": 0},
+            },
+            {
+                "kind": "rl",
+                "algorithm": algorithm,
+                "rewards": [{"path": PLUGIN, "weight": 1.0}, {"name": "math_accuracy", "weight": 0.0}],
+                "trainer": {
+                    "max_steps": 2,
+                    "per_device_train_batch_size": 4,
+                    "num_generations": 4,
+                    "max_completion_length": 8,
+                    "learning_rate": 1e-2,
+                    "logging_steps": 1,
+                    "save_steps": 100,
+                },
+            },
         ],
     }
 

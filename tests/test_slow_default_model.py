@@ -17,9 +17,17 @@ def test_sft_a_few_steps_on_the_default_model_lowers_held_out_loss(write_recipe,
         "model": {"name_or_path": "default", "dtype": "bfloat16"},
         "data": {"arithmetic": {"num_train": 64, "num_test": 16}},
         "stages": [
-            {"kind": "sft", "eval_examples": 16,
-             "trainer": {"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 3e-4, "warmup_steps": 0,
-                         "logging_steps": 1}},
+            {
+                "kind": "sft",
+                "eval_examples": 16,
+                "trainer": {
+                    "max_steps": 6,
+                    "per_device_train_batch_size": 8,
+                    "learning_rate": 3e-4,
+                    "warmup_steps": 0,
+                    "logging_steps": 1,
+                },
+            },
         ],
     }
     assert main(["train", str(write_recipe(recipe))]) == 0

@@ -211,11 +211,20 @@ def _row(
     template = rng.choice(TEMPLATES[template_group])
     question = template.format(a=a, b=b, c=c, name=name, name2=name2, items=rng.choice(ITEMS))
     if template_group == "add_sub":
-        steps, answer = [_worked_step(a, "+", b, decomposed), _worked_step(a + b, "-", c, decomposed)], a + b - c
+        steps, answer = (
+            [_worked_step(a, "+", b, decomposed), _worked_step(a + b, "-", c, decomposed)],
+            a + b - c,
+        )
     elif template_group == "mul_add":
-        steps, answer = [_worked_step(a, "*", b, decomposed), _worked_step(a * b, "+", c, decomposed)], a * b + c
+        steps, answer = (
+            [_worked_step(a, "*", b, decomposed), _worked_step(a * b, "+", c, decomposed)],
+            a * b + c,
+        )
     elif template_group == "mul_sub":
-        steps, answer = [_worked_step(a, "*", b, decomposed), _worked_step(a * b, "-", c, decomposed)], a * b - c
+        steps, answer = (
+            [_worked_step(a, "*", b, decomposed), _worked_step(a * b, "-", c, decomposed)],
+            a * b - c,
+        )
     else:
         symbol = {"add": "+", "sub": "-", "mul": "*"}[operation]
         answer = {"add": a + b, "sub": a - b, "mul": a * b}[operation]
