@@ -306,9 +306,9 @@ def _suggest(word: str, candidates: typing.Iterable[str]) -> str:
     return f"; did you mean {match[0]}?" if match else ""
 
 
-def _model_at(loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
-    """The pydantic model class that owns the key at `loc` (for suggesting field names)."""
-    model: Any = Recipe
+def model_at(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    """The pydantic model class under `root` (default Recipe) that owns the key at `loc`, for suggestions."""
+    model: Any = root or Recipe
     for part in loc[:-1]:
         if isinstance(part, int):  # a list index: `model` is already the element type
             continue
@@ -347,7 +347,7 @@ def _validation_message(error: ValidationError, raw: dict, source: str) -> str:
         )
         path = format_path(shown) or "(top level)"
         if item["type"] == "extra_forbidden":
-            owner = _model_at(loc, raw)
+            owner = model_at(loc)
             hint = _suggest(str(loc[-1]), owner.model_fields) if owner else ""
             lines.append(f"{path}: unknown key{hint}")
         elif item["type"] == "union_tag_invalid":

@@ -20,16 +20,16 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 import ntp_rl
 from ntp_rl.config import (
     DataSettings,
     RewardSpecSettings,
     StrictModel,
-    _inner_model,
     _suggest,
     format_path,
+    model_at,
     read_yaml,
 )
 from ntp_rl.errors import UserError
@@ -247,33 +247,13 @@ def resolve_metric_path(spec: MetricSpec, suite_dir: Path | None, where: str) ->
 # Loading and validation
 
 
-def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: Any = root
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = (
-            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        )
-        if field is None:
-            return None
-        inner = _inner_model(field.annotation)
-        if inner is list:
-            args = typing.get_args(field.annotation)
-            inner = args[0] if args else None
-            if typing.get_origin(inner) is not None:
-                inner = _inner_model(inner)
-        model = inner
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
 def _validation_message(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
         path = format_path(loc) or "(top level)"
         if item["type"] == "extra_forbidden":
-            owner = _model_at(EvalSuite, loc)
+            owner = model_at(loc, EvalSuite)
             hint = _suggest(str(loc[-1]), owner.model_fields) if owner else ""
             lines.append(f"{path}: unknown key{hint}")
         elif item["type"] == "missing":
