@@ -116,6 +116,32 @@ def test_eval_report_has_the_beyond_ntp_section_when_probes_are_on(tmp_path, tin
     assert html.count('alt="future-token probe accuracy') == 1 and html.count("data:image/png;base64,") >= 6
 
 
+def test_compare_carries_the_beyond_ntp_section_under_its_labels(tmp_path, tiny_model_path):
+    overrides = ["max_examples=3", "generation.num_samples=0", "generation.max_new_tokens=4"]
+    probes = "probes={future: {texts: 8, k: 1, max_tokens: 48}}"
+    suite = ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny", *overrides]
+    assert main([*suite, probes, "--out", str(tmp_path / "a")]) == 0
+    assert main([*suite, "--out", str(tmp_path / "b")]) == 0  # no probes: nothing to carry
+    assert main([*suite, probes.replace("k: 1", "k: 2"), "--out", str(tmp_path / "c")]) == 0
+
+    out = tmp_path / "ab"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    source = json.loads((tmp_path / "a" / "report.json").read_text())["beyond_ntp"]
+    section = json.loads((out / "report.json").read_text())["beyond_ntp"]
+    assert section["checkpoints"] == ["base"] and section["future"]["base"] == source["future"]["base"]
+    assert section["distance_from_ntp"]["points"]["base"]["reward_gained"] == 0.0
+    assert set(section["distance_from_ntp"]["points"]) == {"base", "base@b"}
+    assert "note" not in section
+    assert "## Beyond next-token prediction" in (out / "report.md").read_text()
+
+    out = tmp_path / "ac"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(out)]) == 0
+    section = json.loads((out / "report.json").read_text())["beyond_ntp"]
+    assert section["checkpoints"] == ["base", "base@c"] and set(section["future"]) == {"base", "base@c"}
+    assert "settings differ" in section["note"] and len(section["settings_by_report"]) == 2
+    assert "Note: probe settings differ" in (out / "report.md").read_text()
+
+
 def test_a_probe_that_cannot_measure_exits_2_alone_and_is_recorded_in_an_eval(
     tmp_path, capsys, tiny_model_path
 ):

@@ -374,6 +374,44 @@ def load_report(path: Path) -> dict[str, Any]:
 # ntp-rl compare
 
 
+PROBE_INSTRUMENTS = ("future", "answer", "rhyme", "credit")
+
+
+def merge_beyond_ntp(
+    reports: list[dict[str, Any]], renamed: list[dict[str, str]], summary: dict[str, Any], reference: str
+) -> dict[str, Any] | None:
+    """The reports' "Beyond next-token prediction" sections as one, under the compare labels.
+
+    Each instrument's results are carried per checkpoint; distance from NTP is recomputed from the
+    combined summary against the compare reference. Probe settings that differ between reports are
+    kept per report and noted, since their numbers are then not directly comparable.
+    """
+    from ntp_rl.probes.distance import distance_from_ntp
+
+    sections = [(r["beyond_ntp"], m) for r, m in zip(reports, renamed, strict=True) if r.get("beyond_ntp")]
+    if not sections:
+        return None
+    merged: dict[str, Any] = {"settings": sections[0][0].get("settings"), "checkpoints": []}
+    all_settings = [s.get("settings") for s, _ in sections]
+    if any(other != all_settings[0] for other in all_settings[1:]):
+        merged["settings_by_report"] = all_settings
+        merged["note"] = "probe settings differ between the reports: compare their numbers with care"
+    for section, mapping in sections:
+        merged["checkpoints"] += [mapping.get(label, label) for label in section.get("checkpoints", [])]
+        for name in PROBE_INSTRUMENTS:
+            for label, value in (section.get(name) or {}).items():
+                merged.setdefault(name, {})[mapping.get(label, label)] = value
+        for name, failed in (section.get("errors") or {}).items():
+            for label, message in failed.items():
+                merged.setdefault("errors", {}).setdefault(name, {})[mapping.get(label, label)] = message
+    # A report's own reference (its base) carries no adapter; every other checkpoint is one.
+    adapters = {
+        new: old != reference_label(list(mapping)) for mapping in renamed for old, new in mapping.items()
+    }
+    merged["distance_from_ntp"] = distance_from_ntp(summary, reference, adapters)
+    return merged
+
+
 def compare_reports(paths: list[Path], out: Path, seed: int = 0, max_examples: int = 3) -> dict[str, Any]:
     """One combined report from earlier ones: every checkpoint side by side, paired where items match."""
     if len(paths) < 2:
@@ -434,6 +472,11 @@ def compare_reports(paths: list[Path], out: Path, seed: int = 0, max_examples: i
             "the reports were made on different items (prompt hashes differ) or lack per-item results: "
             "checkpoints are shown side by side, without paired comparisons"
         )
+    beyond_ntp = merge_beyond_ntp(
+        [r for _, r in reports], renamed, combined["summary"], reference_label(labels)
+    )
+    if beyond_ntp is not None:
+        combined["beyond_ntp"] = beyond_ntp
     combined["provenance"] = {
         "created_at": now(),
         "command": "ntp-rl compare",

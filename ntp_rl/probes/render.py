@@ -298,6 +298,8 @@ def render_markdown_section(
     """The section in Markdown; `images` maps plot stems to files to link (none in eval reports)."""
     head = "#" * level
     lines = [f"{head} {TITLE}", ""]
+    if section.get("note"):
+        lines += [f"Note: {_md(section['note'])}.", ""]
     seen = set()
     for key, title, header, rows in tables(section):
         if key not in seen:
@@ -325,6 +327,8 @@ def render_markdown_section(
 
 def render_html_section(section: dict[str, Any]) -> str:
     parts = [f"<h2>{escape(TITLE)}</h2>"]
+    if section.get("note"):
+        parts.append(f"<p>Note: {escape(section['note'])}.</p>")
     seen = set()
     for key, title, header, rows in tables(section):
         if key not in seen:
