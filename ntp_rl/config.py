@@ -233,6 +233,9 @@ class EvalStage(StageBase):
     seed: int = 1234
     # Stages to evaluate beside the base; default: every earlier sft and rl stage.
     checkpoints: list[str] | None = None
+    # Checkpoints ("base" or stage names) that also get the sampled decoding; default: every one.
+    # Greedy still runs for all. E.g. [sft, rl] skips the base's samples, often the longest ones.
+    sampled_checkpoints: list[str] | None = None
     # Instruments beyond next-token prediction (ntp_rl/probes/settings.py), e.g.
     # {future: {k: 3}, answer: true, rhyme: true, credit: {texts: 8}} or `true` for all; off when null.
     probes: ProbeSettings | None = None
@@ -254,6 +257,10 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
     "rl": RlStage,
     "eval": EvalStage,
 }
+
+
+# Stage keys added after runs existed; unset (None), they are left out of the config hash.
+ADDED_LATER = ("probes", "sampled_checkpoints")
 
 
 class Recipe(StrictModel):
@@ -281,8 +288,9 @@ class Recipe(StrictModel):
         config = self.model_dump(mode="json")
         config["run"].pop("output_dir", None)
         for stage in config["stages"]:
-            if "probes" in stage and stage["probes"] is None:
-                del stage["probes"]  # added later: runs without probes keep the hash they had before
+            for key in ADDED_LATER:  # runs that leave them unset keep the hash they had before
+                if key in stage and stage[key] is None:
+                    del stage[key]
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

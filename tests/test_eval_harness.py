@@ -282,3 +282,33 @@ def test_checkpoints_share_one_base_and_find_it(run, tiny_model_path, tmp_path):
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": "/gone/tiny-llama"}))
     assert resolve_checkpoint("sft", str(moved / "sft")).base == tiny_model_path
+
+
+def test_sampled_checkpoints_skips_the_others_samples_and_their_sampled_comparisons(run, tmp_path):
+    argv = [
+        "eval",
+        "--suite",
+        "eval/arithmetic.yaml",
+        "--model",
+        "base=tiny",
+        "--model",
+        f"sft={run / 'sft'}",
+    ]
+    out = tmp_path / "only-sft"
+    assert main([*argv, *SUITE_OVERRIDES, "generation.sampled_checkpoints=[sft]", "--out", str(out)]) == 0
+    report = _load(out)
+    assert set(report["items"]["results"]["base"]) == {"greedy"}
+    assert set(report["items"]["results"]["sft"]) == {"greedy", "sampled"}
+    assert "sampled_pass1" not in report["summary"]["base"] and "sampled_pass1" in report["summary"]["sft"]
+    assert set(report["comparisons"]["sft vs base"]) == {"greedy"}
+    sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert "base/sampled" not in sample and len(sample["sft/sampled"]["texts"]) == 2
+
+
+def test_sampled_checkpoints_naming_an_unknown_checkpoint_exits_2(tmp_path, capsys):
+    argv = ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny", *SUITE_OVERRIDES]
+    assert main([*argv, "generation.sampled_checkpoints=[rl]", "--out", str(tmp_path / "x")]) == 2
+    assert "generation.sampled_checkpoints: ['rl'] are not checkpoints of this eval (['base'])" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "x" / "report.json").exists()

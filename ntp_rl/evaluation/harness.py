@@ -217,12 +217,21 @@ def run_suite(
         probe_inputs = prepare_inputs(suite.probes, data_base_dir)
 
     labels = [c.label for c in checkpoints]
+    sampled = suite.generation.sampled_checkpoints
+    if sampled is not None and (unknown := [name for name in sampled if name not in labels]):
+        raise UserError(
+            f"generation.sampled_checkpoints: {unknown} are not checkpoints of this eval ({labels})"
+        )
+
+    def wanted(label: str, mode: str) -> bool:
+        return mode != "sampled" or sampled is None or label in sampled
+
     results: dict[str, dict[str, Any]] = {label: {} for label in labels}
     measures: dict[str, dict[str, Any]] = {label: {} for label in labels}
     template_hashes: dict[str, str | None] = {}
     groups = group_by_base(checkpoints)
     bar = tqdm(
-        total=len(checkpoints) * len(decodings) * len(prompts),
+        total=sum(wanted(label, mode) for label in labels for mode, _ in decodings) * len(prompts),
         desc=f"eval {suite.name}",
         unit="prompt",
         disable=not is_main_process,
@@ -245,6 +254,8 @@ def run_suite(
             ]
         for checkpoint in members:
             for mode, decoding in decodings:
+                if not wanted(checkpoint.label, mode):
+                    continue
                 bar.set_postfix_str(f"{checkpoint.label} {mode}")
                 tick = time.time()
                 with group.active(checkpoint) as model:

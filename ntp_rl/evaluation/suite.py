@@ -53,6 +53,9 @@ class GenerationSettings(StrictModel):
     seed: int = 1234
     # Sequences per generate() call (prompts x samples).
     batch_size: int = Field(32, gt=0)
+    # Checkpoint labels that also get the sampled decoding; default (None): every one. Greedy runs
+    # for all. E.g. [sft, rl] skips the base's samples, which are often the longest to generate.
+    sampled_checkpoints: list[str] | None = None
 
     @model_validator(mode="after")
     def _something_to_do(self) -> GenerationSettings:

@@ -40,25 +40,43 @@ _STAGE_TO_SUITE = {
     "max_examples": ("max_examples",),
     **{
         key: ("generation", key)
-        for key in ("greedy", "num_samples", "temperature", "top_p", "max_new_tokens", "seed", "batch_size")
+        for key in (
+            "greedy",
+            "num_samples",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "seed",
+            "batch_size",
+            "sampled_checkpoints",
+        )
     },
 }
 
 
-def eval_checkpoints(ctx: StageContext) -> list[tuple[str, Path | None]]:
-    """(label, adapter folder) for the base and each evaluated stage, in recipe order."""
-    stage: EvalStage = ctx.stage  # type: ignore[assignment]
+def evaluated_stages(recipe: Recipe, stage: EvalStage, index: int) -> list[str]:
+    """The training stages an eval stage evaluates beside the base, checked against the recipe."""
     trained = [
         s.stage_name
-        for s in ctx.recipe.stages[: ctx.index]
+        for s in recipe.stages[:index]
         if isinstance(s, TrainingStage) and not isinstance(s, RewardModelStage)  # policies only
     ]
     wanted = stage.checkpoints if stage.checkpoints is not None else trained
     unknown = [name for name in wanted if name not in trained]
     if unknown:
+        raise UserError(f"stages[{index}].checkpoints: {unknown} are not earlier training stages ({trained})")
+    labels = [BASE, *wanted]
+    unknown = [name for name in stage.sampled_checkpoints or [] if name not in labels]
+    if unknown:
         raise UserError(
-            f"stages[{ctx.index}].checkpoints: {unknown} are not earlier training stages ({trained})"
+            f"stages[{index}].sampled_checkpoints: {unknown} are not checkpoints this stage evaluates ({labels})"
         )
+    return wanted
+
+
+def eval_checkpoints(ctx: StageContext) -> list[tuple[str, Path | None]]:
+    """(label, adapter folder) for the base and each evaluated stage, in recipe order."""
+    wanted = evaluated_stages(ctx.recipe, ctx.stage, ctx.index)  # type: ignore[arg-type]
     return [(BASE, None)] + [(name, ctx.run_dir / name / ADAPTER_DIR) for name in wanted]
 
 
@@ -130,6 +148,7 @@ def stage_suite(
             max_new_tokens=stage.max_new_tokens,
             seed=stage.seed,
             batch_size=stage.batch_size,
+            sampled_checkpoints=stage.sampled_checkpoints,
         ),
         scorers=_training_rewards(recipe, index, run_dir),
         metrics=default_metrics(),
@@ -144,7 +163,14 @@ def check_eval_stage(recipe: Recipe, stage: EvalStage, index: int, recipe_dir: P
     from ntp_rl.evaluation.harness import load_items, resolve_scorers
     from ntp_rl.evaluation.suite import resolve_metric_path
 
+    labels = [BASE, *evaluated_stages(recipe, stage, index)]
     suite, path = stage_suite(recipe, stage, index, recipe_dir)
+    unknown = [name for name in suite.generation.sampled_checkpoints or [] if name not in labels]
+    if unknown:  # set in the suite file
+        raise UserError(
+            f"{path}: generation.sampled_checkpoints: {unknown} are not checkpoints stages[{index}] "
+            f"evaluates ({labels})"
+        )
     rows = load_items(suite, recipe_dir)
     resolve_scorers(suite, rows.column_names, path.parent if path else recipe_dir)
     for i, spec in enumerate(suite.metrics):
