@@ -312,3 +312,41 @@ def test_sampled_checkpoints_naming_an_unknown_checkpoint_exits_2(tmp_path, caps
         capsys.readouterr().err
     )
     assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_generation_from_the_merged_adapter_matches_the_unmerged_one(run, tmp_path):
+    """In float32 merging is exact to rounding: the merged copy computes what the adapter does."""
+    import torch
+
+    from ntp_rl.evaluation.checkpoints import LoadedGroup, resolve_checkpoint
+
+    base, sft = resolve_checkpoint("base", "tiny"), resolve_checkpoint("sft", str(run / "sft"))
+    group = LoadedGroup(sft.base, [base, sft], "float32", False)
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        with group.active(sft) as model:
+            unmerged = model(input_ids=ids).logits
+        with group.for_generation(sft) as merged_model:
+            assert not hasattr(merged_model, "peft_config")  # a plain model, adapter folded in
+            merged = merged_model(input_ids=ids).logits
+        with group.for_generation(base) as model:
+            plain = model(input_ids=ids).logits
+        with group.active(sft) as model:  # the shared model is untouched by the merged copy
+            again = model(input_ids=ids).logits
+    assert torch.allclose(merged, unmerged, atol=1e-4)
+    assert (unmerged - plain).abs().max() > 1e-2  # the adapter matters: this is not a vacuous match
+    assert torch.equal(again, unmerged)
+
+    argv = [
+        "eval",
+        "--suite",
+        "eval/arithmetic.yaml",
+        "--model",
+        "base=tiny",
+        "--model",
+        f"sft={run / 'sft'}",
+    ]
+    assert (
+        main([*argv, *SUITE_OVERRIDES, "generation.merge_adapters=false", "--out", str(tmp_path / "u")]) == 0
+    )
+    assert _load(tmp_path / "u")["generation"]["merge_adapters"] is False

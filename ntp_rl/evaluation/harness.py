@@ -253,20 +253,19 @@ def run_suite(
                 for prompt, text in zip(prompts[:limit], rows[column][:limit], strict=True)
             ]
         for checkpoint in members:
-            for mode, decoding in decodings:
-                if not wanted(checkpoint.label, mode):
-                    continue
-                bar.set_postfix_str(f"{checkpoint.label} {mode}")
-                tick = time.time()
-                with group.active(checkpoint) as model:
+            modes = [(mode, decoding) for mode, decoding in decodings if wanted(checkpoint.label, mode)]
+            with group.for_generation(checkpoint, suite.generation.merge_adapters) as model:
+                for mode, decoding in modes:
+                    bar.set_postfix_str(f"{checkpoint.label} {mode}")
+                    tick = time.time()
                     generations = generate(
                         model, tokenizer, prompts, decoding, suite.generation.batch_size, bar.update
                     )
-                generation_seconds += time.time() - tick
-                completions += sum(len(g.texts) for g in generations)
-                fields = _score(generations, rows, scorers)
-                fields["token_ids"] = [g.token_ids for g in generations]
-                results[checkpoint.label][mode] = fields
+                    generation_seconds += time.time() - tick
+                    completions += sum(len(g.texts) for g in generations)
+                    fields = _score(generations, rows, scorers)
+                    fields["token_ids"] = [g.token_ids for g in generations]
+                    results[checkpoint.label][mode] = fields
             if reference_pairs is not None:
                 with group.active(checkpoint) as model:
                     nll = per_token_nll(model, reference_pairs, pad_id, suite.score_batch_size)

@@ -56,6 +56,9 @@ class GenerationSettings(StrictModel):
     # Checkpoint labels that also get the sampled decoding; default (None): every one. Greedy runs
     # for all. E.g. [sft, rl] skips the base's samples, which are often the longest to generate.
     sampled_checkpoints: list[str] | None = None
+    # Generate from a copy with the adapter merged into the weights (faster on CPU; weights rounded
+    # once to the model dtype); false generates through the unmerged LoRA layers.
+    merge_adapters: bool = True
 
     @model_validator(mode="after")
     def _something_to_do(self) -> GenerationSettings:
