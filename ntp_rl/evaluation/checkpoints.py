@@ -199,11 +199,10 @@ class LoadedGroup:
             with self.active(checkpoint) as model:
                 yield model
             return
-        import copy
+        from ntp_rl.generation import merged_copy
 
         self.model.set_adapter(checkpoint.label)
-        merged = copy.deepcopy(self.model).merge_and_unload(adapter_names=[checkpoint.label])
-        merged.eval()
+        merged = merged_copy(self.model)
         try:
             yield merged
         finally:

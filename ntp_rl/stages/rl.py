@@ -125,7 +125,7 @@ def filter_prompts(model, tokenizer, train, reward_funcs, weights, settings, arg
     Returns (filtered dataset, statistics). Falls back to the unfiltered candidates, with a warning,
     when too few prompts survive to fill one generation batch.
     """
-    from ntp_rl.generation import Decoding, generate
+    from ntp_rl.generation import Decoding, generate, merged_copy
 
     candidates = train.shuffle(seed=seed).select(range(min(settings.candidates, len(train))))
     decoding = Decoding(
@@ -138,10 +138,12 @@ def filter_prompts(model, tokenizer, train, reward_funcs, weights, settings, arg
     logger.info("prompt filter: sampling %d x %d completions", len(candidates), settings.samples)
     from tqdm.auto import tqdm
 
+    sampler = merged_copy(model)  # the same policy, sampled faster; freed below
     with tqdm(total=len(candidates), desc="prompt filter", unit="prompt") as bar:
         generations = generate(
-            model, tokenizer, list(candidates["prompt"]), decoding, settings.batch_size, bar.update
+            sampler, tokenizer, list(candidates["prompt"]), decoding, settings.batch_size, bar.update
         )
+    del sampler
     n = settings.samples
     texts = [text for gen in generations for text in gen.texts]
     columns = {
