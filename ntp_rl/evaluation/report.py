@@ -374,9 +374,6 @@ def load_report(path: Path) -> dict[str, Any]:
 # ntp-rl compare
 
 
-PROBE_INSTRUMENTS = ("future", "answer", "rhyme", "credit")
-
-
 def merge_beyond_ntp(
     reports: list[dict[str, Any]], renamed: list[dict[str, str]], summary: dict[str, Any], reference: str
 ) -> dict[str, Any] | None:
@@ -387,6 +384,7 @@ def merge_beyond_ntp(
     kept per report and noted, since their numbers are then not directly comparable.
     """
     from ntp_rl.probes.distance import distance_from_ntp
+    from ntp_rl.probes.run import INSTRUMENTS
 
     sections = [(r["beyond_ntp"], m) for r, m in zip(reports, renamed, strict=True) if r.get("beyond_ntp")]
     if not sections:
@@ -398,7 +396,7 @@ def merge_beyond_ntp(
         merged["note"] = "probe settings differ between the reports: compare their numbers with care"
     for section, mapping in sections:
         merged["checkpoints"] += [mapping.get(label, label) for label in section.get("checkpoints", [])]
-        for name in PROBE_INSTRUMENTS:
+        for name in INSTRUMENTS:
             for label, value in (section.get(name) or {}).items():
                 merged.setdefault(name, {})[mapping.get(label, label)] = value
         for name, failed in (section.get("errors") or {}).items():
