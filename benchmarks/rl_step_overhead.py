@@ -10,7 +10,9 @@ Both sides carry the same `StepClock` callback, which stamps the wall clock and 
 time at each per-step log (logging_steps=1): a step is the interval between two stamps, so it holds
 generation, reward scoring, the update and every logging callback. (`ntp-rl train` takes no
 callbacks, so on that side the clock joins through transformers' `DEFAULT_CALLBACKS` list; that is
-the only thing the benchmark adds there.) The first `--warmup-steps` steps are not timed. Each side
+the only thing the benchmark adds there.) ntp-rl's model loader also gives the LM head a contiguous
+input (`ntp_rl.models.contiguous_output_head`), which the plain script lacks: it saves a batch-wide
+copy of the head's weight at every generation prefill, in time and in peak memory. The first `--warmup-steps` steps are not timed. Each side
 runs in its own subprocess, so its peak resident memory (`ru_maxrss`, read by that process at the
 end) does not mix with the other's. Sides alternate, `--repeats` times each; the summary takes the
 median step over all repeats. CPU seconds per step move much less than wall seconds when other work

@@ -247,13 +247,34 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_output_head(model) -> None:
+    """Hand the output projection a contiguous input (a forward pre-hook on the LM head).
+
+    transformers slices the last hidden states before the head (`logits_to_keep`: the last position
+    in `generate`, the completion positions in TRL's log-prob pass). The slice is a strided view, and
+    when the head's weight is frozen (LoRA, a merged copy) `torch.matmul` cannot fold it into one
+    matrix product: it broadcasts the weight over the batch instead and copies it, `batch x vocab x
+    hidden` elements. On the default model with 32 sequences that was a 1.7 GB transient and about
+    a second per generate call on a CPU. Copying the small slice instead costs next to nothing.
+    """
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
+
+
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """Load a causal LM from safetensors only (no pickled weights)."""
+    """Load a causal LM from safetensors only (no pickled weights); see `contiguous_output_head`."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     )
+    contiguous_output_head(model)
+    return model
 
 
 def load_sequence_classifier(

@@ -87,3 +87,33 @@ def test_failed_build_leaves_no_folder(tmp_path, monkeypatch):
         models._materialise("broken", broken)
     assert not (tmp_path / "models" / "broken").exists()
     assert [p for p in (tmp_path / "models").iterdir() if p.is_dir()] == []
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_output_head_gets_a_contiguous_slice(tiny_model_path, hook):
+    """A frozen head fed transformers' strided `logits_to_keep` slice must not broadcast its weight.
+
+    Without the pre-hook `torch.matmul` falls back to a batched product over a copied, batch-wide
+    weight (`aten::bmm`, batch x vocab x hidden elements); with it, one matrix product (`aten::mm`).
+    Both give the same logits.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model = models.load_causal_lm(tiny_model_path)
+    model.requires_grad_(False)  # as under LoRA or in a merged copy
+    head = model.get_output_embeddings()
+    if not hook:
+        head._forward_pre_hooks.clear()
+    ids = torch.randint(0, 1000, (4, 12))
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits[:, -1:]
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            logits = model(input_ids=ids, logits_to_keep=1).logits
+    head_products = [
+        e.key
+        for e in prof.key_averages(group_by_input_shape=True)
+        if e.key in ("aten::mm", "aten::bmm") and any(head.weight.shape[0] in s for s in e.input_shapes)
+    ]
+    torch.testing.assert_close(logits, expected)
+    assert head_products == (["aten::mm"] if hook else ["aten::bmm"])

@@ -69,12 +69,18 @@ def test_model_loader_asks_for_safetensors(monkeypatch):
 
     seen = {}
 
+    class FakeModel:
+        def get_output_embeddings(self):
+            return None
+
+    model = FakeModel()
+
     def fake(path, **kwargs):
         seen.update(kwargs)
-        return "model"
+        return model
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
-    assert models.load_causal_lm("somewhere") == "model"
+    assert models.load_causal_lm("somewhere") is model
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False
 
 
