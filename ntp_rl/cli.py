@@ -66,9 +66,12 @@ def _print_summary(run_dir: Path) -> None:
     print(f"\nrun folder: {run_dir}")
     for name, info in manifest["stages"].items():
         results = info.get("results", {})
-        shown = {k: v for k, v in results.items() if isinstance(v, (int, float)) and k not in ("seconds",)}
+        hidden = ("seconds", "peak_rss_mib")
+        shown = {k: v for k, v in results.items() if isinstance(v, (int, float)) and k not in hidden}
         seconds = info.get("seconds")
         timing = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+        peak = results.get("peak_rss_mib")
+        timing += f", peak {peak / 1024:.1f} GiB" if isinstance(peak, (int, float)) else ""
         numbers = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         print(f"  {name:<14} {info.get('status', '?'):<9}{timing}  {numbers}")
         summary = results.get("summary")

@@ -1,7 +1,7 @@
 """The pipeline: a validated Recipe -> `runs/<name>/` with a manifest, then its stages in order.
 
 `manifest.json` records the resolved config, its hash, package versions, the seed and each stage's
-status and timings. A finished stage (its `COMPLETE` marker exists) is skipped when the same config
+status, timings and peak resident memory. A finished stage (its `COMPLETE` marker exists) is skipped when the same config
 runs again; an interrupted one resumes from its last trainer checkpoint. A different config pointed
 at an existing run is refused unless `new_run` is set, which picks `<name>-2`, `<name>-3`, ...
 Nothing is ever deleted or overwritten. With several processes (accelerate), every rank runs the
@@ -31,6 +31,27 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("ntp-rl", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's resident-memory high-water mark (Linux: `clear_refs` 5); False elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mib() -> float | None:
+    """This process's resident-memory high-water mark (`VmHWM`) in MiB; None where /proc has none."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def package_versions() -> dict[str, str]:
@@ -270,6 +291,7 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
             ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         state.wait_for_everyone()
         started = time.time()
+        measure_memory = _reset_peak_rss()
         manifest.update_stage(stage.stage_name, status="running", started_at=_now())
         try:
             results = _run_stage(ctx)
@@ -279,6 +301,9 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
             raise
         seconds = round(time.time() - started, 1)
         results = {"stage": stage.stage_name, "kind": stage.kind, "seconds": seconds, **results}  # type: ignore[attr-defined]
+        peak = _peak_rss_mib() if measure_memory else None
+        if peak is not None:  # the main process's peak during this stage (each rank has its own)
+            results["peak_rss_mib"] = peak
         if state.is_main_process:
             write_completion(ctx.stage_dir, results)
         state.wait_for_everyone()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import pytest
 from safetensors.torch import load_file
 
 from ntp_rl.cli import main
@@ -51,6 +53,9 @@ def test_sft_trains_adapter_and_lowers_loss(write_recipe, tmp_path, tiny_model_p
     assert manifest["stages"]["sft"]["status"] == "complete"
     assert manifest["config"]["model"]["name_or_path"] == "tiny"
     assert manifest["versions"]["trl"] and manifest["seed"] == 42
+    if sys.platform == "linux":  # the stage's own memory peak (a process with torch holds > 100 MiB)
+        assert manifest["stages"]["sft"]["results"]["peak_rss_mib"] > 100
+        assert " GiB" in capsys.readouterr().out
     assert sorted(p.name for p in (stage / "checkpoints").glob("checkpoint-*")) == [
         "checkpoint-4",
         "checkpoint-8",
@@ -97,3 +102,16 @@ def test_export_writes_a_plain_model(write_recipe, tmp_path, tiny_model_path):
         out / "tokenizer_config.json"
     ).read_text()
     assert main(["export", str(tmp_path / "runs" / "sft" / "sft"), "--out", str(out)]) == 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/clear_refs is Linux's")
+def test_peak_memory_is_measured_from_the_reset():
+    from ntp_rl.pipeline import _peak_rss_mib, _reset_peak_rss
+
+    assert _reset_peak_rss()
+    block = bytearray(300 * 2**20)  # touched: zero-filled by the allocator, then written below
+    block[::4096] = b"x" * len(block[::4096])
+    with_block = _peak_rss_mib()
+    del block
+    assert _reset_peak_rss()
+    assert _peak_rss_mib() < with_block - 250
