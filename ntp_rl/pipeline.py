@@ -34,7 +34,11 @@ TRACKED_PACKAGES = ("ntp-rl", "torch", "transformers", "trl", "peft", "accelerat
 
 
 def _reset_peak_rss() -> bool:
-    """Reset this process's resident-memory high-water mark (Linux: `clear_refs` 5); False elsewhere."""
+    """Reset this process's resident-memory high-water mark (Linux: `clear_refs` 5); False elsewhere.
+
+    The kernel's `ru_maxrss` follows the same mark, so a wrapper such as `/usr/bin/time` sees only
+    the last stage's peak; the manifest's top-level `peak_rss_mib` is the run's.
+    """
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -310,5 +314,9 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
         manifest.update_stage(
             stage.stage_name, status="complete", finished_at=_now(), seconds=seconds, results=results
         )
+        peaks = [s.get("results", {}).get("peak_rss_mib") for s in manifest.data["stages"].values()]
+        if any(isinstance(p, (int, float)) for p in peaks):  # the run's: its highest stage peak
+            manifest.data["peak_rss_mib"] = max(p for p in peaks if isinstance(p, (int, float)))
+            manifest.save()
         earlier[stage.stage_name] = results
     return run_dir

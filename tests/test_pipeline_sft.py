@@ -55,6 +55,7 @@ def test_sft_trains_adapter_and_lowers_loss(write_recipe, tmp_path, tiny_model_p
     assert manifest["versions"]["trl"] and manifest["seed"] == 42
     if sys.platform == "linux":  # the stage's own memory peak (a process with torch holds > 100 MiB)
         assert manifest["stages"]["sft"]["results"]["peak_rss_mib"] > 100
+        assert manifest["peak_rss_mib"] == manifest["stages"]["sft"]["results"]["peak_rss_mib"]
         assert " GiB" in capsys.readouterr().out
     assert sorted(p.name for p in (stage / "checkpoints").glob("checkpoint-*")) == [
         "checkpoint-4",
