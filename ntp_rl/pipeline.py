@@ -1,8 +1,8 @@
 """The pipeline: a validated Recipe -> `runs/<name>/` with a manifest, then its stages in order.
 
 `manifest.json` records the resolved config, its hash, package versions, the seed and each stage's
-status, timings and peak resident memory. A finished stage (its `COMPLETE` marker exists) is skipped when the same config
-runs again; an interrupted one resumes from its last trainer checkpoint. A different config pointed
+status, timings and peak resident memory. A finished stage (its `COMPLETE` marker exists) is skipped
+when the same config runs again; an interrupted one resumes from its last trainer checkpoint. A different config pointed
 at an existing run is refused unless `new_run` is set, which picks `<name>-2`, `<name>-3`, ...
 Nothing is ever deleted or overwritten. With several processes (accelerate), every rank runs the
 stages (training is collective) and only the main process writes the manifest and markers.
@@ -308,15 +308,13 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
         peak = _peak_rss_mib() if measure_memory else None
         if peak is not None:  # the main process's peak during this stage (each rank has its own)
             results["peak_rss_mib"] = peak
+            # the run's: its highest stage peak, kept across resumed invocations
+            manifest.data["peak_rss_mib"] = max(manifest.data.get("peak_rss_mib", 0.0), peak)
         if state.is_main_process:
             write_completion(ctx.stage_dir, results)
         state.wait_for_everyone()
         manifest.update_stage(
             stage.stage_name, status="complete", finished_at=_now(), seconds=seconds, results=results
         )
-        peaks = [s.get("results", {}).get("peak_rss_mib") for s in manifest.data["stages"].values()]
-        if any(isinstance(p, (int, float)) for p in peaks):  # the run's: its highest stage peak
-            manifest.data["peak_rss_mib"] = max(p for p in peaks if isinstance(p, (int, float)))
-            manifest.save()
         earlier[stage.stage_name] = results
     return run_dir
