@@ -41,10 +41,13 @@ def _load_synthetic(data: DataSettings, split: str, seed: int):
     options = data.arithmetic
     num = options.num_train if split == data.train_split else options.num_test
     task_split = "train" if split == data.train_split else "test"
-    kwargs = {"two_step_fraction": options.two_step_fraction}
-    if task == "arithmetic":
-        kwargs["decomposed_solutions"] = options.decomposed_solutions
-    rows = generate(task_split, num, seed=seed, **kwargs)
+    rows = generate(
+        task_split,
+        num,
+        seed=seed,
+        two_step_fraction=options.two_step_fraction,
+        decomposed_solutions=options.decomposed_solutions,
+    )
     return Dataset.from_list(rows)
 
 

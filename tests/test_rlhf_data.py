@@ -102,12 +102,37 @@ def test_synthetic_preferences_follow_the_gold_rule():
             assert "Answer:" not in row["rejected"]
 
 
+def test_synthetic_preferences_with_decomposed_solutions():
+    rows = preferences.generate("train", 90, seed=1, decomposed_solutions=True)
+    plain = preferences.generate("train", 90, seed=1)
+    assert [r["key"] for r in rows] == [r["key"] for r in plain]  # the same problems
+    miscalculations = 0
+    for row in rows:
+        assert row["chosen"].endswith(f"Answer: {row['answer']}")
+        if row["rejected_kind"] != "wrong_answer":
+            continue
+        chosen_step, rejected_step = row["chosen"].splitlines()[-2], row["rejected"].splitlines()[-2]
+        wrong = row["rejected"].splitlines()[-1].removeprefix("Answer: ")
+        assert wrong != row["answer"]
+        if chosen_step != rejected_step:  # a miscalculation: only the last step's result differs
+            miscalculations += 1
+            assert rejected_step == chosen_step.removesuffix(f"= {row['answer']}.") + f"= {wrong}."
+            if " + " in chosen_step.split(" = ")[1]:  # a decomposed step: tens, then ones
+                assert chosen_step.count(" = ") == 3
+    assert 0 < miscalculations < 30
+
+
 def test_synthetic_preferences_keep_the_arithmetic_split():
     train = {r["key"] for r in preferences.generate("train", 500, seed=0)}
     test = {r["key"] for r in preferences.generate("test", 200, seed=0)}
     assert not train & test
     data = DataSettings(source="synthetic:preferences", arithmetic={"num_train": 12, "num_test": 4})
     loaded = load_rows(data, "train", seed=0)
+    decomposed = DataSettings(
+        source="synthetic:preferences",
+        arithmetic={"num_train": 12, "num_test": 4, "decomposed_solutions": True},
+    )
+    assert load_rows(decomposed, "train", seed=0)["chosen"] != loaded["chosen"]
     assert len(loaded) == 12 and {"prompt", "chosen", "rejected", "answer", "rejected_kind"} <= set(
         loaded.column_names
     )

@@ -12,7 +12,10 @@ with one of three worse responses (`rejected`), in turn:
 
 Rows: `prompt`, `chosen`, `rejected`, `answer` (the exact integer, so `math_accuracy` is the gold
 verifier of a policy trained against a reward model learned from these pairs), `rejected_kind`, and
-the problem's `key`. Rows are a pure function of the arguments.
+the problem's `key`. Rows are a pure function of the arguments. With `decomposed_solutions` the
+worked steps are the decomposed ones of `synthetic:arithmetic` ("82 - 65 = 82 - 60 - 5 = 22 - 5 = 17.")
+and a miscalculation is wrong in the last, one-digit step ("22 - 5 = 13."): the slip a policy
+fine-tuned on those solutions makes, so that a reward model learns to catch it.
 """
 
 from __future__ import annotations
@@ -64,10 +67,20 @@ def _rejected(row: dict[str, str], kind: str, rng: random.Random) -> str:
 
 
 def generate(
-    split: str, num_examples: int, seed: int = 0, two_step_fraction: float = 0.0
+    split: str,
+    num_examples: int,
+    seed: int = 0,
+    two_step_fraction: float = 0.0,
+    decomposed_solutions: bool = False,
 ) -> list[dict[str, str]]:
     """`num_examples` preference pairs over distinct problems of `split`; see the module docstring."""
-    problems = arithmetic.generate(split, num_examples, seed=seed, two_step_fraction=two_step_fraction)
+    problems = arithmetic.generate(
+        split,
+        num_examples,
+        seed=seed,
+        two_step_fraction=two_step_fraction,
+        decomposed_solutions=decomposed_solutions,
+    )
     rng = random.Random(f"ntp-rl/preferences/{split}/{seed}")
     rows = []
     for index, problem in enumerate(problems):
