@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from ntp_rl.rewards import format_reward, math_accuracy
@@ -102,24 +103,40 @@ def test_synthetic_preferences_follow_the_gold_rule():
             assert "Answer:" not in row["rejected"]
 
 
+def _numbers(text):
+    return [int(n) for n in re.findall(r"\d+", text)]
+
+
 def test_synthetic_preferences_with_decomposed_solutions():
-    rows = preferences.generate("train", 90, seed=1, decomposed_solutions=True)
-    plain = preferences.generate("train", 90, seed=1)
+    rows = preferences.generate("train", 600, seed=1, decomposed_solutions=True)
+    plain = preferences.generate("train", 600, seed=1)
     assert [r["key"] for r in rows] == [r["key"] for r in plain]  # the same problems
-    miscalculations = 0
+    wrong_links = {}
     for row in rows:
         assert row["chosen"].endswith(f"Answer: {row['answer']}")
         if row["rejected_kind"] != "wrong_answer":
             continue
         chosen_step, rejected_step = row["chosen"].splitlines()[-2], row["rejected"].splitlines()[-2]
-        wrong = row["rejected"].splitlines()[-1].removeprefix("Answer: ")
-        assert wrong != row["answer"]
-        if chosen_step != rejected_step:  # a miscalculation: only the last step's result differs
-            miscalculations += 1
-            assert rejected_step == chosen_step.removesuffix(f"= {row['answer']}.") + f"= {wrong}."
-            if " + " in chosen_step.split(" = ")[1]:  # a decomposed step: tens, then ones
-                assert chosen_step.count(" = ") == 3
-    assert 0 < miscalculations < 30
+        wrong = int(row["rejected"].splitlines()[-1].removeprefix("Answer: "))
+        assert wrong != int(row["answer"]) and wrong >= 0
+        if chosen_step == rejected_step:  # a slip: the step is right, the answer line is not
+            wrong_links["slip"] = wrong_links.get("slip", 0) + 1
+            continue
+        # A miscalculation: the problem and its decomposition are kept, one link is wrong and carried
+        # through to the answer, so the step ends in the wrong answer.
+        assert rejected_step.endswith(f"= {wrong}.")
+        a, b = _numbers(chosen_step), _numbers(rejected_step)
+        assert len(a) == len(b) and a[:2] == b[:2]
+        differing = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        assert differing[-1] == len(a) - 1 and len(differing) <= 2
+        if len(differing) == 2:  # a wrong intermediate result, and the sum or difference built on it
+            operator = "*" if " * " in chosen_step else chosen_step.split()[1]
+            x, y, z = b[-3:]
+            expected = x + y if operator in "*+" else x - y
+            assert z == expected, rejected_step
+        kind = "last" if len(differing) == 1 else "carried"
+        wrong_links[kind] = wrong_links.get(kind, 0) + 1
+    assert set(wrong_links) == {"slip", "last", "carried"} and min(wrong_links.values()) >= 10
 
 
 def test_synthetic_preferences_keep_the_arithmetic_split():

@@ -4,23 +4,28 @@
 (the same problems, the same hash-based train/test split: a problem is never in both) and pairs, for
 each, the correct and concise worked solution (`chosen`, ending in the canonical `Answer: N` line)
 with one of three worse responses (`rejected`), in turn:
-- `wrong_answer`: the same layout with a wrong final answer (off by 1..10). Half of them carry the
-  error through the worked step (a miscalculation), half copy the step's correct result wrongly into
-  the answer line (a slip);
+- `wrong_answer`: the same layout with a wrong final answer. Half of them are miscalculations, the
+  worked step itself wrong and consistent with the wrong answer; half copy the step's correct result
+  wrongly into the answer line (a slip, off by 1..10);
 - `rambling`: the correct solution wrapped in filler sentences (2-3 before the step, 1-2 after);
 - `no_answer_line`: the worked step without the final `Answer: N` line.
 
 Rows: `prompt`, `chosen`, `rejected`, `answer` (the exact integer, so `math_accuracy` is the gold
 verifier of a policy trained against a reward model learned from these pairs), `rejected_kind`, and
-the problem's `key`. Rows are a pure function of the arguments. With `decomposed_solutions` the
-worked steps are the decomposed ones of `synthetic:arithmetic` ("82 - 65 = 82 - 60 - 5 = 22 - 5 = 17.")
-and a miscalculation is wrong in the last, one-digit step ("22 - 5 = 13."): the slip a policy
-fine-tuned on those solutions makes, so that a reward model learns to catch it.
+the problem's `key`. Rows are a pure function of the arguments.
+
+A miscalculation in a one-line step ("47 + 38 = 85.") is a wrong result (off by 1..10). With
+`decomposed_solutions` the worked steps are the decomposed ones of `synthetic:arithmetic`, and the error
+sits in one link of the chain and is carried through the rest, as a policy fine-tuned on those
+solutions makes it: a wrong tens product ("68 * 9 = 60 * 9 + 8 * 9 = 480 + 72 = 552."), a wrong ones
+product, a wrong partial sum or difference ("82 - 65 = 82 - 60 - 5 = 32 - 5 = 27."), or a wrong last
+step ("22 - 5 = 13."). A reward model trained on these has to check the arithmetic, not the layout.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
 from ntp_rl.tasks import arithmetic
 
@@ -47,15 +52,59 @@ def _wrong(answer: int, rng: random.Random) -> int:
             return wrong
 
 
+# The decomposed worked steps of `arithmetic._worked_step`: "a * b = T * b + O * b = X + Y = Z." and
+# "a + b = a + T + O = M + O = R." (or with "-").
+_DECOMPOSED_MUL = re.compile(r"(\d+) \* (\d+) = (\d+) \* \2 \+ (\d+) \* \2 = (\d+) \+ (\d+) = (\d+)\.")
+_DECOMPOSED_ADD_SUB = re.compile(r"(\d+) ([+-]) (\d+) = \1 \2 (\d+) \2 (\d+) = (-?\d+) \2 \5 = (-?\d+)\.")
+
+
+def _off(value: int, rng: random.Random, scale: int = 1) -> int:
+    """`value` changed by 1..10 (times `scale`), kept non-negative."""
+    while True:
+        changed = value + rng.choice((-1, 1)) * rng.randint(1, 10) * scale
+        if changed >= 0 and changed != value:
+            return changed
+
+
+def _miscalculated(step: str, answer: int, rng: random.Random) -> tuple[str, int]:
+    """The last worked step with one wrong link, carried through: (step, its wrong result)."""
+    mul = _DECOMPOSED_MUL.fullmatch(step)
+    if mul:
+        a, b, tens, ones, x, y, _ = (int(g) for g in mul.groups())
+        link = rng.choice(("tens", "ones", "sum"))
+        if link == "tens":  # 60 * 9 = 480: a tens product off by a multiple of the digit or of ten
+            x = _off(x, rng, scale=10 if rng.random() < 0.5 else b)
+        elif link == "ones":
+            y = _off(y, rng)
+        z = x + y if link != "sum" else _off(answer, rng)  # x + y != answer: one term changed
+        return f"{a} * {b} = {tens} * {b} + {ones} * {b} = {x} + {y} = {z}.", z
+    add_sub = _DECOMPOSED_ADD_SUB.fullmatch(step)
+    if add_sub:
+        a, symbol, b, tens, ones, middle, _ = add_sub.groups()
+        sign = 1 if symbol == "+" else -1
+        middle, result = int(middle), _off(answer, rng)  # default: a wrong last (one-digit) step
+        if rng.random() < 0.5:  # a wrong partial result (tens), carried into the last step
+            wrong_middle = _off(middle, rng, scale=10 if rng.random() < 0.5 else 1)
+            if wrong_middle + sign * int(ones) >= 0:
+                middle, result = wrong_middle, wrong_middle + sign * int(ones)
+        return (
+            f"{a} {symbol} {b} = {a} {symbol} {tens} {symbol} {ones} = {middle} {symbol} {ones} = {result}.",
+            result,
+        )
+    wrong = _wrong(answer, rng)
+    cut = step.rindex(f"= {answer}.")
+    return f"{step[:cut]}= {wrong}.", wrong
+
+
 def _rejected(row: dict[str, str], kind: str, rng: random.Random) -> str:
     *steps, answer_line = row["solution"].split("\n")
     answer = int(row["answer"])
     if kind == "wrong_answer":
-        wrong = _wrong(answer, rng)
-        if rng.random() < 0.5:  # a miscalculation carried through the last step
-            last = steps[-1]
-            cut = last.rindex(f"= {answer}.")
-            steps = [*steps[:-1], f"{last[:cut]}= {wrong}."]
+        if rng.random() < 0.5:  # a miscalculation carried through to the answer
+            last, wrong = _miscalculated(steps[-1], answer, rng)
+            steps = [*steps[:-1], last]
+        else:  # a slip: the step is right, the answer line is not
+            wrong = _wrong(answer, rng)
         return "\n".join([*steps, arithmetic.final_answer_line(wrong)])
     if kind == "rambling":
         before = rng.sample(FILLER, rng.randint(2, 3))
