@@ -122,6 +122,13 @@ def test_synthetic_preferences_with_decomposed_solutions():
         if chosen_step == rejected_step:  # a slip: the step is right, the answer line is not
             wrong_links["slip"] = wrong_links.get("slip", 0) + 1
             continue
+        if chosen_step.split(" = ")[0] != rejected_step.split(" = ")[0]:  # a misread operation
+            (x, chosen_op, y), (x2, op, y2) = chosen_step.split()[:3], rejected_step.split()[:3]
+            assert (x, y) == (x2, y2) and op != chosen_op
+            assert wrong == (int(x) + int(y) if op == "+" else int(x) - int(y))
+            assert rejected_step.endswith(f"= {wrong}.")
+            wrong_links["misread"] = wrong_links.get("misread", 0) + 1
+            continue
         # A miscalculation: the problem and its decomposition are kept, one link is wrong and carried
         # through to the answer, so the step ends in the wrong answer.
         assert rejected_step.endswith(f"= {wrong}.")
@@ -136,7 +143,8 @@ def test_synthetic_preferences_with_decomposed_solutions():
             assert z == expected, rejected_step
         kind = "last" if len(differing) == 1 else "carried"
         wrong_links[kind] = wrong_links.get(kind, 0) + 1
-    assert set(wrong_links) == {"slip", "last", "carried"} and min(wrong_links.values()) >= 10
+    assert set(wrong_links) == {"slip", "misread", "last", "carried"}
+    assert min(wrong_links.values()) >= 10
 
 
 def test_synthetic_preferences_keep_the_arithmetic_split():

@@ -177,7 +177,7 @@ def _draw_two_step(rng: random.Random) -> tuple[str, int, int, int]:
                 return form, a, b, c
 
 
-def _worked_step(left: int, symbol: str, right: int, decomposed: bool) -> str:
+def worked_step(left: int, symbol: str, right: int, decomposed: bool) -> str:
     """One solution line, e.g. "47 + 38 = 47 + 30 + 8 = 77 + 8 = 85." (decomposed) or "47 + 38 = 85.".
 
     The decomposed form splits the two-digit operand into tens and ones, so that every step is an
@@ -212,23 +212,23 @@ def _row(
     question = template.format(a=a, b=b, c=c, name=name, name2=name2, items=rng.choice(ITEMS))
     if template_group == "add_sub":
         steps, answer = (
-            [_worked_step(a, "+", b, decomposed), _worked_step(a + b, "-", c, decomposed)],
+            [worked_step(a, "+", b, decomposed), worked_step(a + b, "-", c, decomposed)],
             a + b - c,
         )
     elif template_group == "mul_add":
         steps, answer = (
-            [_worked_step(a, "*", b, decomposed), _worked_step(a * b, "+", c, decomposed)],
+            [worked_step(a, "*", b, decomposed), worked_step(a * b, "+", c, decomposed)],
             a * b + c,
         )
     elif template_group == "mul_sub":
         steps, answer = (
-            [_worked_step(a, "*", b, decomposed), _worked_step(a * b, "-", c, decomposed)],
+            [worked_step(a, "*", b, decomposed), worked_step(a * b, "-", c, decomposed)],
             a * b - c,
         )
     else:
         symbol = {"add": "+", "sub": "-", "mul": "*"}[operation]
         answer = {"add": a + b, "sub": a - b, "mul": a * b}[operation]
-        steps = [_worked_step(a, symbol, b, decomposed)]
+        steps = [worked_step(a, symbol, b, decomposed)]
     return {
         "prompt": f"{question} {ANSWER_INSTRUCTION}",
         "answer": str(answer),

@@ -4,9 +4,10 @@
 (the same problems, the same hash-based train/test split: a problem is never in both) and pairs, for
 each, the correct and concise worked solution (`chosen`, ending in the canonical `Answer: N` line)
 with one of three worse responses (`rejected`), in turn:
-- `wrong_answer`: the same layout with a wrong final answer. Half of them are miscalculations, the
-  worked step itself wrong and consistent with the wrong answer; half copy the step's correct result
-  wrongly into the answer line (a slip, off by 1..10);
+- `wrong_answer`: the same layout with a wrong final answer, in three equal shares: a miscalculation
+  (the worked step itself wrong and consistent with the wrong answer), a misread problem (the right
+  numbers, the wrong operation: "80 - 44" worked as "80 + 44 = 124."), and a slip (the step right,
+  its result copied wrongly into the answer line, off by 1..10);
 - `rambling`: the correct solution wrapped in filler sentences (2-3 before the step, 1-2 after);
 - `no_answer_line`: the worked step without the final `Answer: N` line.
 
@@ -52,7 +53,7 @@ def _wrong(answer: int, rng: random.Random) -> int:
             return wrong
 
 
-# The decomposed worked steps of `arithmetic._worked_step`: "a * b = T * b + O * b = X + Y = Z." and
+# The decomposed worked steps of `arithmetic.worked_step`: "a * b = T * b + O * b = X + Y = Z." and
 # "a + b = a + T + O = M + O = R." (or with "-").
 _DECOMPOSED_MUL = re.compile(r"(\d+) \* (\d+) = (\d+) \* \2 \+ (\d+) \* \2 = (\d+) \+ (\d+) = (\d+)\.")
 _DECOMPOSED_ADD_SUB = re.compile(r"(\d+) ([+-]) (\d+) = \1 \2 (\d+) \2 (\d+) = (-?\d+) \2 \5 = (-?\d+)\.")
@@ -96,11 +97,38 @@ def _miscalculated(step: str, answer: int, rng: random.Random) -> tuple[str, int
     return f"{step[:cut]}= {wrong}.", wrong
 
 
+_FIRST_STEP = re.compile(r"(\d+) ([+*-]) (\d+) = ")
+# The operation a misreading puts in place of the problem's: x - y read as x + y, and so on.
+_MISREAD = {"-": "+", "+": "-", "*": "+"}
+
+
+def _misread(steps: list[str], answer: int) -> tuple[list[str], int] | None:
+    """A one-step problem worked with the wrong operation on its numbers: (steps, their result).
+
+    None where it does not apply: a two-step problem, or a misreading that lands on the right answer
+    or below zero.
+    """
+    match = _FIRST_STEP.match(steps[0])
+    if len(steps) != 1 or match is None:
+        return None
+    left, symbol, right = int(match[1]), match[2], int(match[3])
+    other = _MISREAD[symbol]
+    result = {"+": left + right, "-": left - right}[other]
+    if result == answer or result < 0:
+        return None
+    decomposed = steps[0].count(" = ") > 1  # the problem was worked in tens and ones
+    return [arithmetic.worked_step(left, other, right, decomposed)], result
+
+
 def _rejected(row: dict[str, str], kind: str, rng: random.Random) -> str:
     *steps, answer_line = row["solution"].split("\n")
     answer = int(row["answer"])
     if kind == "wrong_answer":
-        if rng.random() < 0.5:  # a miscalculation carried through to the answer
+        variant = rng.choice(("miscalculation", "misread", "slip"))
+        misread = _misread(steps, answer) if variant == "misread" else None
+        if misread is not None:
+            steps, wrong = misread
+        elif variant in ("miscalculation", "misread"):  # the error carried through to the answer
             last, wrong = _miscalculated(steps[-1], answer, rng)
             steps = [*steps[:-1], last]
         else:  # a slip: the step is right, the answer line is not
