@@ -87,3 +87,34 @@ def test_bootstrap_ratio_ci_weighs_tokens_and_resamples_items():
     assert all(math.isnan(x) for x in bootstrap_ratio_ci([], []))
     with pytest.raises(ValueError):
         bootstrap_ratio_ci([1.0], [1, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# A scorer's agreement with the verdicts, on samples of the same prompt (eval reports)
+
+
+def test_ranking_agreement_by_hand():
+    from ntp_rl.evaluation.metrics import ranking_agreement, reward_stats
+    from ntp_rl.evaluation.report import ranking_agreement_rows
+
+    rewards = [
+        [2.0, 1.0, 0.0, None],  # right: 2.0, 0.0; wrong: 1.0 (None unscored) -> pairs (2>1), (0<1): 0.5
+        [1.0, 1.0],  # a tie: 0.5
+        [3.0, 3.0],  # both right: no pair
+        [0.0],  # greedy: no pair
+    ]
+    correct = [[True, False, True, False], [True, False], [True, True], [False]]
+    agreement = ranking_agreement(rewards, correct, seed=0)
+    assert agreement["value"] == pytest.approx(0.5) and agreement["items"] == 2 and agreement["pairs"] == 3
+    perfect = ranking_agreement([[1.0, 0.0], [0.0, 5.0]], [[True, False], [False, True]], seed=0)
+    assert perfect["value"] == 1.0 and perfect["ci"] == [1.0, 1.0]
+    inverted = ranking_agreement([[0.0, 1.0]], [[True, False]], seed=0)
+    assert inverted["value"] == 0.0
+    assert ranking_agreement([[1.0], [0.0]], [[True], [False]], seed=0) is None  # one sample each
+
+    stats = reward_stats({"rm": [[1.0, 0.0]], "flat": [[0.0, 0.0]]}, seed=0, correct=[[True, False]])
+    assert stats["rm"]["ranking_agreement"]["value"] == 1.0
+    assert stats["flat"]["ranking_agreement"]["value"] == 0.5
+    assert "ranking_agreement" not in reward_stats({"rm": [[1.0, 0.0]]}, seed=0)["rm"]  # no verdicts
+    summary = {"rl": {"rewards": {"sampled": {"rm": stats["rm"]}}}}
+    assert ranking_agreement_rows(summary) == [["rl", "sampled", "rm", "1.000 [1.000, 1.000]", "1", "1"]]

@@ -14,7 +14,7 @@ import json
 from html import escape
 from typing import Any
 
-from ntp_rl.evaluation.report import _num_ci, _pct_ci, settings_line
+from ntp_rl.evaluation.report import _num_ci, _pct_ci, ranking_agreement_rows, settings_line
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -228,6 +228,16 @@ def render_html(report: dict[str, Any]) -> str:
             "<h2>Mean reward per scorer [95% CI]</h2>",
             _table(["checkpoint", "mode", *scorers], rows, 2),
         ]
+        agreement = ranking_agreement_rows(summary)
+        if agreement:
+            parts += [
+                "<h2>Does each scorer rank a right answer above a wrong one?</h2>",
+                "<p>Share of (right, wrong) pairs of samples of the same prompt that the scorer orders "
+                "correctly (ties half; 0.5 is chance), mean over prompts with both [95% CI].</p>",
+                _table(
+                    ["checkpoint", "mode", "scorer", "agreement [95% CI]", "prompts", "pairs"], agreement, 3
+                ),
+            ]
 
     rows = []
     for name, s in summary.items():

@@ -110,8 +110,15 @@ def length_stats(num_tokens: list[list[int]], truncated: list[list[bool]], seed:
     }
 
 
-def reward_stats(rewards: dict[str, list[list[float | None]]], seed: int) -> dict[str, Any]:
-    """Mean reward per scorer: per item the mean of its samples' non-None rewards, then over items."""
+def reward_stats(
+    rewards: dict[str, list[list[float | None]]],
+    seed: int,
+    correct: list[list[bool]] | None = None,
+) -> dict[str, Any]:
+    """Mean reward per scorer: per item the mean of its samples' non-None rewards, then over items.
+
+    With the samples' verdicts (`correct`), also each scorer's agreement with them (`ranking_agreement`).
+    """
     out: dict[str, Any] = {}
     for name, per_sample in rewards.items():
         values = [[v for v in item if v is not None] for item in per_sample]
@@ -123,7 +130,41 @@ def reward_stats(rewards: dict[str, list[list[float | None]]], seed: int) -> dic
             "ci": list(bootstrap_ci(per_item, seed=seed)),
             "coverage": scored / total if total else 0.0,  # share of samples the reward applied to
         }
+        if correct is not None:
+            agreement = ranking_agreement(per_sample, correct, seed)
+            if agreement is not None:
+                out[name]["ranking_agreement"] = agreement
     return out
+
+
+def ranking_agreement(
+    rewards: list[list[float | None]], correct: list[list[bool]], seed: int
+) -> dict[str, Any] | None:
+    """How often a scorer ranks a right sample above a wrong one of the same prompt (ties count half).
+
+    Over every (right, wrong) pair of samples of one item, both scored: per item the share of pairs the
+    scorer orders correctly, then the mean over items that have such a pair, with a bootstrap interval
+    over those items. 0.5 is chance; it is what GRPO needs from a reward model (it compares samples of
+    one prompt), and it is measured on the policy's own samples, not on held-out preference pairs.
+    None when no item has a right and a wrong sample (greedy decoding, or all right or all wrong).
+    """
+    per_item, pairs = [], 0
+    for item_rewards, item_correct in zip(rewards, correct, strict=True):
+        right = [r for r, c in zip(item_rewards, item_correct, strict=True) if c and r is not None]
+        wrong = [r for r, c in zip(item_rewards, item_correct, strict=True) if not c and r is not None]
+        if not right or not wrong:
+            continue
+        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a in right for b in wrong]
+        per_item.append(sum(wins) / len(wins))
+        pairs += len(wins)
+    if not per_item:
+        return None
+    return {
+        "value": float(np.mean(per_item)),
+        "ci": list(bootstrap_ci(per_item, seed=seed)),
+        "items": len(per_item),
+        "pairs": pairs,
+    }
 
 
 def token_mean_stats(per_item_tokens: list[list[float]], seed: int) -> dict[str, Any]:
@@ -175,7 +216,7 @@ def summarise(
         summary[f"{mode}_mean_tokens"] = lengths["mean"]
         summary[f"{mode}_truncation_rate"] = lengths["truncation_rate"]
         summary[f"{mode}_truncation_rate_ci"] = lengths["truncation_rate_ci"]
-        summary["rewards"][mode] = reward_stats(fields.get("rewards", {}), seed)
+        summary["rewards"][mode] = reward_stats(fields.get("rewards", {}), seed, fields.get("correct"))
     for name, per_item in measures.items():
         summary[name] = {**token_mean_stats(per_item["values"], seed), "on": per_item.get("on")}
     return summary

@@ -179,6 +179,27 @@ def _pct_ci(value: float | None, ci: list | tuple | None) -> str:
     return f"{_pct(value)} [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+def ranking_agreement_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """[checkpoint, mode, scorer, agreement [CI], prompts, pairs] rows, for the Markdown and HTML reports."""
+    rows = []
+    for name, s in summary.items():
+        for mode, rewards in s.get("rewards", {}).items():
+            for scorer, entry in sorted(rewards.items()):
+                agreement = entry.get("ranking_agreement")
+                if agreement:
+                    rows.append(
+                        [
+                            name,
+                            mode,
+                            scorer,
+                            _num_ci(agreement, 3),
+                            str(agreement["items"]),
+                            str(agreement["pairs"]),
+                        ]
+                    )
+    return rows
+
+
 def _num_ci(entry: dict | None, digits: int = 4) -> str:
     if not entry or entry.get("value") is None or entry["value"] != entry["value"]:
         return "-"
@@ -258,6 +279,18 @@ def render_markdown(report: dict[str, Any]) -> str:
                     + " | ".join(_num_ci(rewards.get(r), 3) for r in scorers)
                     + " |"
                 )
+        agreement = ranking_agreement_rows(report["summary"])
+        if agreement:
+            lines += ["", "## Does each scorer rank a right answer above a wrong one?", ""]
+            lines += [
+                "Share of (right, wrong) pairs of samples of the same prompt that the scorer orders "
+                "correctly (ties half; 0.5 is chance), mean over prompts with both [95% CI]: what GRPO "
+                "needs from a reward, measured on each checkpoint's own samples.",
+                "",
+                "| checkpoint | mode | scorer | agreement [95% CI] | prompts | pairs |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [f"| {' | '.join(_md_cell(c) for c in row)} |" for row in agreement]
     if report.get("comparisons"):
         lines += ["", "## Paired comparisons (same items)", ""]
         lines += [
