@@ -212,6 +212,9 @@ class RewardModelStage(TrainingStage):
     # Held-out pairs (test split) on which pairwise accuracy and margin are measured before and after
     # training (0 = skip).
     eval_examples: int = Field(200, ge=0)
+    # An earlier sft stage: its adapter is merged into the base first, so the reward model starts
+    # from the fine-tuned policy (as InstructGPT's did) instead of the base. None = the base.
+    init_from: str | None = None
 
 
 class EvalStage(StageBase):
@@ -260,7 +263,7 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
 
 
 # Stage keys added after runs existed; unset (None), they are left out of the config hash.
-ADDED_LATER = ("probes", "sampled_checkpoints")
+ADDED_LATER = {"eval": ("probes", "sampled_checkpoints"), "reward_model": ("init_from",)}
 
 
 class Recipe(StrictModel):
@@ -278,6 +281,14 @@ class Recipe(StrictModel):
             seen.add(stage.stage_name)
         if not self.stages:
             raise ValueError("`stages` is empty; list at least one stage")
+        for index, stage in enumerate(self.stages):
+            if isinstance(stage, RewardModelStage) and stage.init_from is not None:
+                earlier = [s.stage_name for s in self.stages[:index] if isinstance(s, SftStage)]
+                if stage.init_from not in earlier:
+                    raise ValueError(
+                        f"stages[{index}].init_from: {stage.init_from!r} is not an earlier sft stage; "
+                        f"earlier sft stages: {earlier or 'none'}"
+                    )
         return self
 
     def stage_data(self, stage: StageBase) -> DataSettings:
@@ -288,7 +299,7 @@ class Recipe(StrictModel):
         config = self.model_dump(mode="json")
         config["run"].pop("output_dir", None)
         for stage in config["stages"]:
-            for key in ADDED_LATER:  # runs that leave them unset keep the hash they had before
+            for key in ADDED_LATER.get(stage["kind"], ()):  # unset, runs keep the hash they had before
                 if key in stage and stage[key] is None:
                     del stage[key]
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))

@@ -120,3 +120,21 @@ def test_smoke_shrinks_budgets_and_uses_tiny(tmp_path):
     assert recipe.run.name == "t-smoke"
     assert recipe.stages[0].trainer["max_steps"] == 2
     assert recipe.data.arithmetic.num_train == 16
+
+
+def test_config_hash_of_an_rlhf_recipe_is_stable(tmp_path):
+    """Keys added to a stage kind later, left unset, do not change the hash: older runs still resume."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        "run: {name: h}\n"
+        "model: {name_or_path: tiny}\n"
+        "stages:\n"
+        "  - {kind: sft}\n"
+        "  - {kind: reward_model, data: {source: 'synthetic:preferences'}}\n"
+        "  - {kind: rl, rewards: [{reward_model: reward_model}]}\n"
+        "  - {kind: eval}\n"
+    )
+    recipe = load_recipe(path)
+    assert recipe.config_hash() == "1b968695d73048ba"  # as computed before reward_model.init_from existed
+    assert load_recipe(path, ["stages[1].init_from=sft"]).config_hash() != recipe.config_hash()
+    assert load_recipe(path, ["stages[2].init_from=sft"]).config_hash() != recipe.config_hash()

@@ -234,3 +234,54 @@ def test_exported_reward_model_scores_the_same(reward_model_run, tmp_path):
         completions=completions, prompts=prompts
     )
     assert merged_scores == pytest.approx(adapter_scores, abs=1e-3)
+
+
+def test_reward_model_from_the_sft_policy(write_recipe, tmp_path, tiny_model_path):
+    """`init_from: sft`: the SFT adapter is merged into the base once; the reward model trains over it."""
+    from safetensors.torch import load_file as load_tensors
+
+    pairs = {"source": "synthetic:preferences", "arithmetic": {"num_train": 16, "num_test": 8}}
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+    recipe = {
+        "run": {"name": "rm-from-sft"},
+        "model": {"name_or_path": "tiny", "lora": lora},
+        "data": pairs,  # an sft stage on preference data trains on the chosen replies
+        "stages": [
+            {"kind": "sft", "eval_examples": 0, "trainer": {"max_steps": 2, "learning_rate": 1e-2}},
+            {
+                "kind": "reward_model",
+                "init_from": "sft",
+                "eval_examples": 8,
+                "trainer": {"max_steps": 2, "per_device_train_batch_size": 4},
+            },
+        ],
+    }
+    path = write_recipe(recipe)
+    assert main(["train", str(path)]) == 0
+    stage = tmp_path / "runs" / "rm-from-sft" / "reward_model"
+    init_base = stage / "init_base"
+    done = json.loads((stage / "COMPLETE").read_text())
+    assert done["init_base"] == str(init_base.resolve())
+    adapter_config = json.loads((stage / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(init_base.resolve())
+    # The merged base differs from tiny where the SFT adapter trained (B starts at zero).
+    tiny = load_tensors(f"{tiny_model_path}/model.safetensors")
+    merged = load_tensors(str(init_base / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert merged[name].shape == tiny[name].shape and not (merged[name] == tiny[name]).all()
+    # It loads through the adapter like any reward model, and scores as the stage measured it.
+    reward = resolve_reward(RewardSpec(reward_model=str(stage)))
+    scores = reward(completions=["1 + 1 = 2.\nAnswer: 2", "Answer: 3"], prompts=["What is 1 + 1?"] * 2)
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+
+
+def test_reward_model_init_from_must_be_an_earlier_sft_stage(write_recipe, capsys):
+    recipe = {
+        "run": {"name": "bad-init"},
+        "model": {"name_or_path": "tiny"},
+        "data": {"source": "synthetic:preferences"},
+        "stages": [{"kind": "reward_model", "init_from": "sft"}, {"kind": "sft"}],
+    }
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    err = capsys.readouterr().err
+    assert "stages[0].init_from: 'sft' is not an earlier sft stage; earlier sft stages: none" in err

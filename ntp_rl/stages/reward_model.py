@@ -10,12 +10,18 @@ with score(chosen) > score(rejected)), mean margin (score(chosen) - score(reject
 has `rejected_kind`, accuracy per kind. They go to the stage's `COMPLETE` results and `metrics.jsonl`.
 Output: `<stage>/adapter/` (LoRA + score head) and the tokenizer; an rl stage names it with
 `{reward_model: <stage name>}`.
+
+With `init_from: <sft stage>` the reward model starts from the fine-tuned policy instead of the base
+(InstructGPT's reward model started from its SFT model): that stage's adapter is merged into the base
+once, saved as a plain model folder in `<stage>/init_base/`, and the reward model's LoRA is trained
+over it; the adapter records that folder as its base, so it loads like any other.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from typing import Any
 
@@ -41,6 +47,7 @@ REWARD_MODEL_DEFAULTS: dict[str, Any] = {
     "max_length": 512,
 }
 SCORE_HEAD = "score"  # the classification head's module name in transformers' *ForSequenceClassification
+INIT_BASE_DIR = "init_base"  # the base with the init_from stage's adapter merged in
 
 
 def prepare_preference_data(recipe, stage: RewardModelStage, index: int, recipe_dir):
@@ -57,6 +64,35 @@ def prepare_preference_data(recipe, stage: RewardModelStage, index: int, recipe_
         rows = rows.select(range(min(len(rows), stage.eval_examples)))
         held_out = to_preference_format(rows, data, data.test_split, where)
     return train, held_out
+
+
+def merged_init_base(ctx: StageContext, stage: RewardModelStage) -> str:
+    """The base with the `init_from` stage's adapter merged in: a model folder, written once per stage."""
+    from accelerate import PartialState
+    from peft import PeftModel
+
+    from ntp_rl.errors import UserError
+    from ntp_rl.models import check_adapter_weights, load_causal_lm
+
+    folder = (ctx.stage_dir / INIT_BASE_DIR).resolve()  # the adapter records it: absolute
+    adapter = ctx.run_dir / stage.init_from / ADAPTER_DIR
+    where = f"stages[{ctx.index}].init_from"
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{where}: {adapter} holds no adapter; run the {stage.init_from!r} stage first")
+    if ctx.is_main_process and not (folder / "config.json").is_file():  # else: written before a resume
+        check_adapter_weights(adapter, where)
+        trust = ctx.recipe.model.trust_remote_code
+        model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, trust)
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        partial = folder.with_name(folder.name + ".partial")
+        if partial.exists():  # left by an interrupted merge; nothing else writes it
+            shutil.rmtree(partial)
+        model.save_pretrained(str(partial))
+        load_tokenizer(ctx.base_model_path, trust).save_pretrained(str(partial))
+        partial.rename(folder)
+        logger.info("reward model starts from %s merged into the base (%s)", adapter, folder)
+    PartialState().wait_for_everyone()
+    return str(folder)
 
 
 def pairwise_metrics(model, tokenizer, pairs, batch_size: int, max_length: int | None) -> dict[str, Any]:
@@ -103,9 +139,10 @@ def run_reward_model(ctx: StageContext) -> dict[str, Any]:
     lora_settings["modules_to_save"] = [*(lora_settings.get("modules_to_save") or []), SCORE_HEAD]
     lora = build_dataclass(LoraConfig, lora_settings, "model.lora", task_type="SEQ_CLS")
     tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
+    base = ctx.base_model_path if stage.init_from is None else merged_init_base(ctx, stage)
     set_seed(args.seed)  # the score head starts random: the same seed gives the same head
     model = load_sequence_classifier(
-        ctx.base_model_path,
+        base,
         ctx.recipe.model.dtype,
         ctx.recipe.model.trust_remote_code,
         pad_token_id=tokenizer.pad_token_id,
@@ -121,7 +158,7 @@ def run_reward_model(ctx: StageContext) -> dict[str, Any]:
         callbacks=callbacks,
     )
     batch_size, max_length = args.per_device_eval_batch_size, args.max_length
-    results: dict[str, Any] = {"train_rows": len(train)}
+    results: dict[str, Any] = {"train_rows": len(train), "init_base": base if stage.init_from else None}
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
     if held_out is not None and resume is None:
         results["heldout_before"] = pairwise_metrics(
