@@ -46,6 +46,23 @@ def _reset_peak_rss() -> bool:
     return True
 
 
+def _release_memory() -> None:
+    """Hand what earlier stages freed back to the OS before the next stage starts.
+
+    A finished stage's trainer and models are garbage (reference cycles: `gc.collect`), but glibc keeps
+    freed heap mapped, so the next stage would start, and peak, that much higher: the eval after GRPO
+    peaked at 3.9 GiB in a quickstart run, 1.8 GiB when run alone. `malloc_trim(0)` returns it.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim this way
+        pass
+
+
 def _peak_rss_mib() -> float | None:
     """This process's resident-memory high-water mark (`VmHWM`) in MiB; None where /proc has none."""
     try:
@@ -294,6 +311,7 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
         if state.is_main_process:
             ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         state.wait_for_everyone()
+        _release_memory()
         started = time.time()
         measure_memory = _reset_peak_rss()
         manifest.update_stage(stage.stage_name, status="running", started_at=_now())

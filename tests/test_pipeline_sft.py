@@ -116,3 +116,26 @@ def test_peak_memory_is_measured_from_the_reset():
     del block
     assert _reset_peak_rss()
     assert _peak_rss_mib() < with_block - 250
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim")
+def test_memory_freed_by_a_stage_goes_back_to_the_os():
+    import gc
+
+    from ntp_rl.pipeline import _release_memory
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+    blocks = [bytes(8192) for _ in range(40_000)]  # ~330 MiB in malloc'd chunks, like a stage's tensors
+    pin = bytes(8192)  # allocated after them: the top of the heap stays in use, so free() cannot trim it
+    gc.disable()  # the measurement below must not depend on when a collection happens to run
+    try:
+        before = rss_mib()
+        del blocks
+        _release_memory()
+        assert rss_mib() < before - 200
+    finally:
+        gc.enable()
+    assert pin
