@@ -112,9 +112,12 @@ def test_ranking_agreement_by_hand():
     assert inverted["value"] == 0.0
     assert ranking_agreement([[1.0], [0.0]], [[True], [False]], seed=0) is None  # one sample each
 
-    stats = reward_stats({"rm": [[1.0, 0.0]], "flat": [[0.0, 0.0]]}, seed=0, correct=[[True, False]])
+    stats = reward_stats({"rm": [[0.7, 0.2]], "flat": [[0.0, 0.0]]}, seed=0, correct=[[True, False]])
     assert stats["rm"]["ranking_agreement"]["value"] == 1.0
     assert stats["flat"]["ranking_agreement"]["value"] == 0.5
     assert "ranking_agreement" not in reward_stats({"rm": [[1.0, 0.0]]}, seed=0)["rm"]  # no verdicts
+    # The checker itself (math_accuracy as a scorer) agrees by construction: not reported.
+    checker = reward_stats({"math_accuracy": [[1.0, 0.0, None]]}, seed=0, correct=[[True, False, True]])
+    assert "ranking_agreement" not in checker["math_accuracy"]
     summary = {"rl": {"rewards": {"sampled": {"rm": stats["rm"]}}}}
     assert ranking_agreement_rows(summary) == [["rl", "sampled", "rm", "1.000 [1.000, 1.000]", "1", "1"]]

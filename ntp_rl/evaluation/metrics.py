@@ -130,11 +130,20 @@ def reward_stats(
             "ci": list(bootstrap_ci(per_item, seed=seed)),
             "coverage": scored / total if total else 0.0,  # share of samples the reward applied to
         }
-        if correct is not None:
+        if correct is not None and not _is_the_verdict(per_sample, correct):
             agreement = ranking_agreement(per_sample, correct, seed)
             if agreement is not None:
                 out[name]["ranking_agreement"] = agreement
     return out
+
+
+def _is_the_verdict(rewards: list[list[float | None]], correct: list[list[bool]]) -> bool:
+    """True when a scorer is 1 on every right sample and 0 on every wrong one (the checker itself)."""
+    return all(
+        r is None or r == float(c)
+        for item_rewards, item_correct in zip(rewards, correct, strict=True)
+        for r, c in zip(item_rewards, item_correct, strict=True)
+    )
 
 
 def ranking_agreement(
