@@ -205,6 +205,21 @@ class RlStage(TrainingStage):
         return value
 
 
+class PolicyPairsSettings(StrictModel):
+    """Preference pairs from the policy's own samples, ranked by a gold reward (reward_model stage)."""
+
+    # An earlier sft stage: its adapter over the base is the policy sampled.
+    policy: str
+    # What ranks the samples: a reward spec, by default the arithmetic checker.
+    gold: RewardSpecSettings = Field(default_factory=lambda: RewardSpecSettings(name="math_accuracy"))
+    prompts: int = Field(256, gt=0)  # training prompts sampled (the stage data's train split)
+    samples: int = Field(4, ge=2)  # completions per prompt
+    temperature: float = Field(1.0, gt=0.0)
+    max_new_tokens: int = Field(64, gt=0)
+    max_pairs_per_prompt: int = Field(4, gt=0)
+    batch_size: int = Field(64, gt=0)  # sequences per generate call
+
+
 class RewardModelStage(TrainingStage):
     """A scalar reward model (base + LoRA + one score head) trained on preference pairs (TRL RewardTrainer)."""
 
@@ -215,6 +230,9 @@ class RewardModelStage(TrainingStage):
     # An earlier sft stage: its adapter is merged into the base first, so the reward model starts
     # from the fine-tuned policy (as InstructGPT's did) instead of the base. None = the base.
     init_from: str | None = None
+    # Add pairs of the policy's own samples, the better by a gold reward chosen (labellers comparing a
+    # policy's outputs, as in RLHF); None = the data's pairs only.
+    policy_pairs: PolicyPairsSettings | None = None
 
 
 class EvalStage(StageBase):
@@ -263,7 +281,7 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
 
 
 # Stage keys added after runs existed; unset (None), they are left out of the config hash.
-ADDED_LATER = {"eval": ("probes", "sampled_checkpoints"), "reward_model": ("init_from",)}
+ADDED_LATER = {"eval": ("probes", "sampled_checkpoints"), "reward_model": ("init_from", "policy_pairs")}
 
 
 class Recipe(StrictModel):
@@ -282,11 +300,16 @@ class Recipe(StrictModel):
         if not self.stages:
             raise ValueError("`stages` is empty; list at least one stage")
         for index, stage in enumerate(self.stages):
-            if isinstance(stage, RewardModelStage) and stage.init_from is not None:
-                earlier = [s.stage_name for s in self.stages[:index] if isinstance(s, SftStage)]
-                if stage.init_from not in earlier:
+            if not isinstance(stage, RewardModelStage):
+                continue
+            earlier = [s.stage_name for s in self.stages[:index] if isinstance(s, SftStage)]
+            references = {"init_from": stage.init_from}
+            if stage.policy_pairs is not None:
+                references["policy_pairs.policy"] = stage.policy_pairs.policy
+            for key, name in references.items():
+                if name is not None and name not in earlier:
                     raise ValueError(
-                        f"stages[{index}].init_from: {stage.init_from!r} is not an earlier sft stage; "
+                        f"stages[{index}].{key}: {name!r} is not an earlier sft stage; "
                         f"earlier sft stages: {earlier or 'none'}"
                     )
         return self

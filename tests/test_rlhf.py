@@ -285,3 +285,55 @@ def test_reward_model_init_from_must_be_an_earlier_sft_stage(write_recipe, capsy
     assert main(["train", str(write_recipe(recipe))]) == 2
     err = capsys.readouterr().err
     assert "stages[0].init_from: 'sft' is not an earlier sft stage; earlier sft stages: none" in err
+
+
+def test_reward_model_adds_pairs_of_the_policys_own_samples(write_recipe, tmp_path, tiny_model_path):
+    """`policy_pairs`: the SFT policy's samples, ranked by a gold reward, become extra training pairs."""
+    length = str(REPO / "tests" / "plugins" / "length_reward.py") + ":completion_length"
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+    recipe = {
+        "run": {"name": "rm-policy-pairs"},
+        "model": {"name_or_path": "tiny", "lora": lora},
+        "data": {"source": "synthetic:preferences", "arithmetic": {"num_train": 12, "num_test": 6}},
+        "stages": [
+            {"kind": "sft", "eval_examples": 0, "trainer": {"max_steps": 1}},
+            {
+                "kind": "reward_model",
+                "eval_examples": 6,
+                "policy_pairs": {
+                    "policy": "sft",
+                    "gold": {"path": length},  # varies on a random model: the longer sample is better
+                    "prompts": 5,
+                    "samples": 3,
+                    "max_new_tokens": 6,
+                    "max_pairs_per_prompt": 2,
+                },
+                "trainer": {"max_steps": 1, "per_device_train_batch_size": 4},
+            },
+        ],
+    }
+    assert main(["train", str(write_recipe(recipe))]) == 0
+    done = json.loads((tmp_path / "runs" / "rm-policy-pairs" / "reward_model" / "COMPLETE").read_text())
+    stats = done["policy_pairs"]
+    assert stats["prompts"] == 5 and 1 <= stats["prompts_with_a_difference"] <= 5
+    assert stats["prompts_with_a_difference"] <= stats["pairs"] <= 2 * stats["prompts_with_a_difference"]
+    assert done["train_rows"] == 12 + stats["pairs"]
+
+
+def test_policy_pairs_need_an_earlier_sft_stage_and_a_usable_gold(write_recipe, capsys):
+    recipe = {
+        "run": {"name": "bad-pairs"},
+        "model": {"name_or_path": "tiny"},
+        "data": {"source": "synthetic:preferences", "arithmetic": {"num_train": 4, "num_test": 2}},
+        "stages": [{"kind": "reward_model", "policy_pairs": {"policy": "sft"}}],
+    }
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    assert "stages[0].policy_pairs.policy: 'sft' is not an earlier sft stage" in capsys.readouterr().err
+    recipe["stages"] = [
+        {"kind": "sft", "trainer": {"max_steps": 1}},
+        {"kind": "reward_model", "policy_pairs": {"policy": "sft", "gold": {"name": "no_such_reward"}}},
+    ]
+    assert main(["train", str(write_recipe(recipe)), "--stage", "sft"]) == 0
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    err = capsys.readouterr().err
+    assert "stages[1].policy_pairs.gold" in err and "no_such_reward" in err

@@ -15,6 +15,13 @@ With `init_from: <sft stage>` the reward model starts from the fine-tuned policy
 (InstructGPT's reward model started from its SFT model): that stage's adapter is merged into the base
 once, saved as a plain model folder in `<stage>/init_base/`, and the reward model's LoRA is trained
 over it; the adapter records that folder as its base, so it loads like any other.
+
+With `policy_pairs:` the stage first samples the policy (an sft stage's adapter) on `prompts` training
+prompts, `samples` completions each, ranks them with a gold reward (`math_accuracy` by default), and adds
+up to `max_pairs_per_prompt` (better, worse) pairs per prompt to the training pairs: comparisons of the
+policy's own outputs, as RLHF's labellers make them, so the reward model meets the errors the policy
+makes rather than only the ones the data's authors thought of. Counts go to the results
+(`policy_pairs`); the held-out measurements stay on the data's test pairs.
 """
 
 from __future__ import annotations
@@ -64,6 +71,100 @@ def prepare_preference_data(recipe, stage: RewardModelStage, index: int, recipe_
         rows = rows.select(range(min(len(rows), stage.eval_examples)))
         held_out = to_preference_format(rows, data, data.test_split, where)
     return train, held_out
+
+
+def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
+    """(better, worse) pairs of the policy's own samples on training prompts, as conversational rows."""
+    import random
+
+    from datasets import Dataset
+    from peft import PeftModel
+    from tqdm.auto import tqdm
+
+    from ntp_rl.errors import UserError
+    from ntp_rl.generation import Decoding, generate, merged_copy
+    from ntp_rl.models import check_adapter_weights, load_causal_lm
+    from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
+
+    settings = stage.policy_pairs
+    where = f"stages[{ctx.index}].policy_pairs"
+    if "prompt" not in train.column_names:
+        raise UserError(f"{where}: the preference data has no `prompt` column to sample the policy on")
+    columns = [c for c in train.column_names if c not in ("prompt", "chosen", "rejected")]
+    (gold,) = resolve_rewards(
+        [RewardSpec(**settings.gold.model_dump())],
+        ctx.recipe_dir,
+        where=f"{where}.gold",
+        available_columns=["prompt", *columns],
+    )
+    adapter = ctx.run_dir / settings.policy / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(
+            f"{where}.policy: {adapter} holds no adapter; run the {settings.policy!r} stage first"
+        )
+    check_adapter_weights(adapter, f"{where}.policy")
+    rows = train.shuffle(seed=ctx.recipe.run.seed).select(range(min(settings.prompts, len(train))))
+    trust = ctx.recipe.model.trust_remote_code
+    tokenizer = load_tokenizer(ctx.base_model_path, trust)
+    policy = PeftModel.from_pretrained(
+        load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, trust), str(adapter)
+    )
+    sampler = merged_copy(policy)
+    del policy
+    n = settings.samples
+    decoding = Decoding(
+        num_samples=n,
+        temperature=settings.temperature,
+        max_new_tokens=settings.max_new_tokens,
+        seed=ctx.recipe.run.seed,
+    )
+    with tqdm(total=len(rows), desc="policy pairs", unit="prompt") as bar:
+        generations = generate(
+            sampler, tokenizer, list(rows["prompt"]), decoding, settings.batch_size, bar.update
+        )
+    del sampler
+    texts = [text for g in generations for text in g.texts]
+    scores = gold(
+        prompts=[p for p in rows["prompt"] for _ in range(n)],
+        completions=[[{"role": "assistant", "content": t}] for t in texts],
+        **{c: [v for v in rows[c] for _ in range(n)] for c in columns},
+    )
+    rng = random.Random(ctx.recipe.run.seed)
+    pairs, mixed = [], 0
+    for i, row in enumerate(rows):
+        scored = [
+            (s, t)
+            for s, t in zip(scores[i * n : (i + 1) * n], texts[i * n : (i + 1) * n], strict=True)
+            if s is not None
+        ]
+        candidates = sorted(
+            {
+                (better, worse)
+                for sb, better in scored
+                for sw, worse in scored
+                if sb > sw and better.strip() and worse.strip()
+            }
+        )
+        if not candidates:
+            continue
+        mixed += 1
+        for better, worse in rng.sample(candidates, min(settings.max_pairs_per_prompt, len(candidates))):
+            pairs.append(
+                {
+                    "prompt": row["prompt"],
+                    "chosen": [{"role": "assistant", "content": better}],
+                    "rejected": [{"role": "assistant", "content": worse}],
+                }
+            )
+    stats = {"prompts": len(rows), "prompts_with_a_difference": mixed, "pairs": len(pairs)}
+    logger.info(
+        "policy pairs: %d pairs from %d of %d prompts whose samples differ under %s",
+        len(pairs),
+        mixed,
+        len(rows),
+        gold.__name__,
+    )
+    return Dataset.from_list(pairs) if pairs else None, stats
 
 
 def merged_init_base(ctx: StageContext, stage: RewardModelStage) -> str:
@@ -134,6 +235,15 @@ def run_reward_model(ctx: StageContext) -> dict[str, Any]:
 
     stage: RewardModelStage = ctx.stage  # type: ignore[assignment]
     train, held_out = prepare_preference_data(ctx.recipe, stage, ctx.index, ctx.recipe_dir)
+    policy_stats = None
+    if stage.policy_pairs is not None:  # sampled before the reward model loads: one model at a time
+        from datasets import concatenate_datasets
+
+        policy_pairs, policy_stats = sample_policy_pairs(ctx, stage, train)
+        if policy_pairs is not None:
+            train = concatenate_datasets(
+                [train.select_columns(["prompt", "chosen", "rejected"]), policy_pairs]
+            )
     args = ctx.trainer_args(**REWARD_MODEL_DEFAULTS)
     lora_settings = dict(ctx.recipe.model.lora)
     lora_settings["modules_to_save"] = [*(lora_settings.get("modules_to_save") or []), SCORE_HEAD]
@@ -159,6 +269,8 @@ def run_reward_model(ctx: StageContext) -> dict[str, Any]:
     )
     batch_size, max_length = args.per_device_eval_batch_size, args.max_length
     results: dict[str, Any] = {"train_rows": len(train), "init_base": base if stage.init_from else None}
+    if policy_stats is not None:
+        results["policy_pairs"] = policy_stats
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
     if held_out is not None and resume is None:
         results["heldout_before"] = pairwise_metrics(
