@@ -32,9 +32,11 @@ def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) 
         if stage.eval_examples:
             to_sft_format(load_rows(data, data.test_split, recipe.run.seed, recipe_dir), where)
     elif isinstance(stage, RewardModelStage):
-        from ntp_rl.stages.reward_model import prepare_preference_data
+        from ntp_rl.stages.reward_model import prepare_preference_data, resolve_policy_gold
 
-        prepare_preference_data(recipe, stage, index, recipe_dir)
+        train, _ = prepare_preference_data(recipe, stage, index, recipe_dir)
+        if stage.policy_pairs is not None:
+            resolve_policy_gold(stage, index, train.column_names, recipe_dir)
     elif isinstance(stage, RlStage):
         check_vllm(stage, index)
         train = load_rows(data, data.train_split, recipe.run.seed, recipe_dir)

@@ -73,6 +73,24 @@ def prepare_preference_data(recipe, stage: RewardModelStage, index: int, recipe_
     return train, held_out
 
 
+def resolve_policy_gold(stage: RewardModelStage, index: int, columns: list[str], recipe_dir):
+    """`policy_pairs.gold` resolved and checked against the preference data's columns (UserError if not)."""
+    from ntp_rl.errors import UserError
+    from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
+
+    where = f"stages[{index}].policy_pairs"
+    if "prompt" not in columns:
+        raise UserError(f"{where}: the preference data has no `prompt` column to sample the policy on")
+    data_columns = [c for c in columns if c not in ("chosen", "rejected")]
+    (gold,) = resolve_rewards(
+        [RewardSpec(**stage.policy_pairs.gold.model_dump())],
+        recipe_dir,
+        where=f"{where}.gold",
+        available_columns=data_columns,
+    )
+    return gold
+
+
 def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
     """(better, worse) pairs of the policy's own samples on training prompts, as conversational rows."""
     import random
@@ -84,19 +102,11 @@ def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
     from ntp_rl.errors import UserError
     from ntp_rl.generation import Decoding, generate, merged_copy
     from ntp_rl.models import check_adapter_weights, load_causal_lm
-    from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
 
     settings = stage.policy_pairs
     where = f"stages[{ctx.index}].policy_pairs"
-    if "prompt" not in train.column_names:
-        raise UserError(f"{where}: the preference data has no `prompt` column to sample the policy on")
+    gold = resolve_policy_gold(stage, ctx.index, train.column_names, ctx.recipe_dir)
     columns = [c for c in train.column_names if c not in ("prompt", "chosen", "rejected")]
-    (gold,) = resolve_rewards(
-        [RewardSpec(**settings.gold.model_dump())],
-        ctx.recipe_dir,
-        where=f"{where}.gold",
-        available_columns=["prompt", *columns],
-    )
     adapter = ctx.run_dir / settings.policy / ADAPTER_DIR
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(
