@@ -46,13 +46,6 @@ FILLER = (
 )
 
 
-def _wrong(answer: int, rng: random.Random) -> int:
-    while True:
-        wrong = answer + rng.choice((-1, 1)) * rng.randint(1, 10)
-        if wrong >= 0:
-            return wrong
-
-
 # The decomposed worked steps of `arithmetic.worked_step`: "a * b = T * b + O * b = X + Y = Z." and
 # "a + b = a + T + O = M + O = R." (or with "-").
 _DECOMPOSED_MUL = re.compile(r"(\d+) \* (\d+) = (\d+) \* \2 \+ (\d+) \* \2 = (\d+) \+ (\d+) = (\d+)\.")
@@ -92,7 +85,7 @@ def _miscalculated(step: str, answer: int, rng: random.Random) -> tuple[str, int
             f"{a} {symbol} {b} = {a} {symbol} {tens} {symbol} {ones} = {middle} {symbol} {ones} = {result}.",
             result,
         )
-    wrong = _wrong(answer, rng)
+    wrong = _off(answer, rng)
     cut = step.rindex(f"= {answer}.")
     return f"{step[:cut]}= {wrong}.", wrong
 
@@ -132,7 +125,7 @@ def _rejected(row: dict[str, str], kind: str, rng: random.Random) -> str:
             last, wrong = _miscalculated(steps[-1], answer, rng)
             steps = [*steps[:-1], last]
         else:  # a slip: the step is right, the answer line is not
-            wrong = _wrong(answer, rng)
+            wrong = _off(answer, rng)
         return "\n".join([*steps, arithmetic.final_answer_line(wrong)])
     if kind == "rambling":
         before = rng.sample(FILLER, rng.randint(2, 3))
