@@ -102,6 +102,17 @@ class JsonlMetricsCallback(TrainerCallback):
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
+def check_stage_adapter(adapter: Path, where: str) -> Path:
+    """An earlier stage's adapter folder, checked before a model loads from it; UserError if unusable."""
+    from ntp_rl.errors import UserError
+    from ntp_rl.models import check_adapter_weights
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{where}: {adapter} holds no adapter; run the {adapter.parent.name!r} stage first")
+    check_adapter_weights(adapter, where)
+    return adapter
+
+
 def checkpoint_is_complete(path: Path) -> bool:
     """The trainer writes weights, optimizer and RNG state first and `trainer_state.json` last."""
     try:

@@ -37,7 +37,14 @@ from ntp_rl.data import load_rows
 from ntp_rl.models import load_sequence_classifier, load_tokenizer
 from ntp_rl.preference_data import to_preference_format
 from ntp_rl.rewards.learned import score_conversations
-from ntp_rl.stages.common import ADAPTER_DIR, METRICS_FILE, StageContext, last_checkpoint, stage_callbacks
+from ntp_rl.stages.common import (
+    ADAPTER_DIR,
+    METRICS_FILE,
+    StageContext,
+    check_stage_adapter,
+    last_checkpoint,
+    stage_callbacks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,20 +106,15 @@ def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
     from peft import PeftModel
     from tqdm.auto import tqdm
 
-    from ntp_rl.errors import UserError
     from ntp_rl.generation import Decoding, generate, merged_copy
-    from ntp_rl.models import check_adapter_weights, load_causal_lm
+    from ntp_rl.models import load_causal_lm
 
     settings = stage.policy_pairs
-    where = f"stages[{ctx.index}].policy_pairs"
     gold = resolve_policy_gold(stage, ctx.index, train.column_names, ctx.recipe_dir)
     columns = [c for c in train.column_names if c not in ("prompt", "chosen", "rejected")]
-    adapter = ctx.run_dir / settings.policy / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(
-            f"{where}.policy: {adapter} holds no adapter; run the {settings.policy!r} stage first"
-        )
-    check_adapter_weights(adapter, f"{where}.policy")
+    adapter = check_stage_adapter(
+        ctx.run_dir / settings.policy / ADAPTER_DIR, f"stages[{ctx.index}].policy_pairs.policy"
+    )
     rows = train.shuffle(seed=ctx.recipe.run.seed).select(range(min(settings.prompts, len(train))))
     trust = ctx.recipe.model.trust_remote_code
     tokenizer = load_tokenizer(ctx.base_model_path, trust)
@@ -182,16 +184,13 @@ def merged_init_base(ctx: StageContext, stage: RewardModelStage) -> str:
     from accelerate import PartialState
     from peft import PeftModel
 
-    from ntp_rl.errors import UserError
-    from ntp_rl.models import check_adapter_weights, load_causal_lm
+    from ntp_rl.models import load_causal_lm
 
     folder = (ctx.stage_dir / INIT_BASE_DIR).resolve()  # the adapter records it: absolute
-    adapter = ctx.run_dir / stage.init_from / ADAPTER_DIR
-    where = f"stages[{ctx.index}].init_from"
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{where}: {adapter} holds no adapter; run the {stage.init_from!r} stage first")
+    adapter = check_stage_adapter(
+        ctx.run_dir / stage.init_from / ADAPTER_DIR, f"stages[{ctx.index}].init_from"
+    )
     if ctx.is_main_process and not (folder / "config.json").is_file():  # else: written before a resume
-        check_adapter_weights(adapter, where)
         trust = ctx.recipe.model.trust_remote_code
         model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, trust)
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

@@ -19,8 +19,14 @@ from transformers import TrainerCallback
 from ntp_rl.config import Recipe, RewardModelStage, RlStage, SftStage, build_dataclass
 from ntp_rl.data import load_rows, to_prompt_format
 from ntp_rl.errors import UserError
-from ntp_rl.models import check_adapter_weights, load_causal_lm, load_tokenizer
-from ntp_rl.stages.common import ADAPTER_DIR, StageContext, last_checkpoint, stage_callbacks
+from ntp_rl.models import load_causal_lm, load_tokenizer
+from ntp_rl.stages.common import (
+    ADAPTER_DIR,
+    StageContext,
+    check_stage_adapter,
+    last_checkpoint,
+    stage_callbacks,
+)
 from ntp_rl.stages.overoptimisation import monitor_for
 
 logger = logging.getLogger(__name__)
@@ -250,11 +256,7 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
     adapter = init_adapter_dir(ctx)
     peft_config = None
     if adapter is not None:
-        if not (adapter / "adapter_config.json").is_file():
-            raise UserError(
-                f"{where}: the policy starts from {adapter}, which holds no adapter; run that stage first"
-            )
-        check_adapter_weights(adapter, where)
+        check_stage_adapter(adapter, where)
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     else:
         peft_config = build_dataclass(LoraConfig, ctx.recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
