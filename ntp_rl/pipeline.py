@@ -2,9 +2,9 @@
 
 `manifest.json` records the resolved config, its hash, package versions, the seed and each stage's
 status, timings and peak resident memory. A finished stage (its `COMPLETE` marker exists) is skipped
-when the same config runs again; an interrupted one resumes from its last trainer checkpoint. A different config pointed
-at an existing run is refused unless `new_run` is set, which picks `<name>-2`, `<name>-3`, ...
-Nothing is ever deleted or overwritten. With several processes (accelerate), every rank runs the
+when the same config runs again; an interrupted one resumes from its last trainer checkpoint. A
+different config pointed at an existing run is refused unless `new_run` is set, which picks
+`<name>-2`, `<name>-3`, ... Nothing is ever deleted or overwritten. With several processes (accelerate), every rank runs the
 stages (training is collective) and only the main process writes the manifest and markers.
 """
 
