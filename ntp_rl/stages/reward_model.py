@@ -21,7 +21,8 @@ prompts, `samples` completions each, ranks them with a gold reward (`math_accura
 up to `max_pairs_per_prompt` (better, worse) pairs per prompt to the training pairs: comparisons of the
 policy's own outputs, as RLHF's labellers make them, so the reward model meets the errors the policy
 makes rather than only the ones the data's authors thought of. Counts go to the results
-(`policy_pairs`); the held-out measurements stay on the data's test pairs.
+(`policy_pairs`), the samples and their scores to `<stage>/policy_samples.jsonl` (a resumed stage reads
+them back instead of sampling again); the held-out measurements stay on the data's test pairs.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ REWARD_MODEL_DEFAULTS: dict[str, Any] = {
 }
 SCORE_HEAD = "score"  # the classification head's module name in transformers' *ForSequenceClassification
 INIT_BASE_DIR = "init_base"  # the base with the init_from stage's adapter merged in
+POLICY_SAMPLES_FILE = "policy_samples.jsonl"  # policy_pairs: the samples and their gold scores
 
 
 def prepare_preference_data(recipe, stage: RewardModelStage, index: int, recipe_dir):
@@ -98,11 +100,29 @@ def resolve_policy_gold(stage: RewardModelStage, index: int, columns: list[str],
     return gold
 
 
-def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
-    """(better, worse) pairs of the policy's own samples on training prompts, as conversational rows."""
-    import random
+def sample_policy(ctx: StageContext, stage: RewardModelStage, train) -> list[dict[str, Any]]:
+    """The policy's samples on training prompts with their gold scores, one record per prompt.
 
-    from datasets import Dataset
+    The main process samples and writes them to `<stage>/policy_samples.jsonl` (prompt, completions,
+    scores: what the pairs were made of); every process reads them from there, and so does a resumed
+    stage instead of sampling again.
+    """
+    from accelerate import PartialState
+
+    saved = ctx.stage_dir / POLICY_SAMPLES_FILE
+    if not saved.is_file():  # else written whole (renamed from .partial) by an earlier attempt
+        if ctx.is_main_process:
+            records = _sample_and_score(ctx, stage, train)
+            partial = saved.with_name(saved.name + ".partial")
+            partial.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+            partial.rename(saved)
+        PartialState().wait_for_everyone()
+    else:
+        logger.info("policy pairs: samples read from %s (sampled before the stage was resumed)", saved)
+    return [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
+
+
+def _sample_and_score(ctx: StageContext, stage: RewardModelStage, train) -> list[dict[str, Any]]:
     from peft import PeftModel
     from tqdm.auto import tqdm
 
@@ -141,13 +161,27 @@ def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
         completions=[[{"role": "assistant", "content": t}] for t in texts],
         **{c: [v for v in rows[c] for _ in range(n)] for c in columns},
     )
-    rng = random.Random(ctx.recipe.run.seed)
+    records = [
+        {
+            "prompt": row["prompt"],
+            "completions": texts[i * n : (i + 1) * n],
+            "scores": scores[i * n : (i + 1) * n],
+            "gold": gold.__name__,
+        }
+        for i, row in enumerate(rows)
+    ]
+    return records
+
+
+def policy_pairs_from_samples(records: list[dict[str, Any]], max_pairs_per_prompt: int, seed: int):
+    """(better, worse) pairs of one prompt's samples, at most `max_pairs_per_prompt` per prompt."""
+    import random
+
+    rng = random.Random(seed)
     pairs, mixed = [], 0
-    for i, row in enumerate(rows):
+    for record in records:
         scored = [
-            (s, t)
-            for s, t in zip(scores[i * n : (i + 1) * n], texts[i * n : (i + 1) * n], strict=True)
-            if s is not None
+            (s, t) for s, t in zip(record["scores"], record["completions"], strict=True) if s is not None
         ]
         candidates = sorted(
             {
@@ -160,21 +194,32 @@ def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
         if not candidates:
             continue
         mixed += 1
-        for better, worse in rng.sample(candidates, min(settings.max_pairs_per_prompt, len(candidates))):
+        for better, worse in rng.sample(candidates, min(max_pairs_per_prompt, len(candidates))):
             pairs.append(
                 {
-                    "prompt": row["prompt"],
+                    "prompt": record["prompt"],
                     "chosen": [{"role": "assistant", "content": better}],
                     "rejected": [{"role": "assistant", "content": worse}],
                 }
             )
-    stats = {"prompts": len(rows), "prompts_with_a_difference": mixed, "pairs": len(pairs)}
+    return pairs, mixed
+
+
+def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
+    """(better, worse) pairs of the policy's own samples on training prompts, as conversational rows."""
+    from datasets import Dataset
+
+    records = sample_policy(ctx, stage, train)
+    pairs, mixed = policy_pairs_from_samples(
+        records, stage.policy_pairs.max_pairs_per_prompt, ctx.recipe.run.seed
+    )
+    stats = {"prompts": len(records), "prompts_with_a_difference": mixed, "pairs": len(pairs)}
     logger.info(
         "policy pairs: %d pairs from %d of %d prompts whose samples differ under %s",
         len(pairs),
         mixed,
-        len(rows),
-        gold.__name__,
+        len(records),
+        records[0]["gold"] if records else "the gold reward",
     )
     return Dataset.from_list(pairs) if pairs else None, stats
 
