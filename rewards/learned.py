@@ -10,7 +10,16 @@ and a recipe check costs nothing. `score_conversations` is the scoring routine; 
 stage measures its held-out pairwise accuracy with it, so training-time and RL-time scores agree.
 
 Settings (`kwargs:` beside the spec):
-- `normalize`: `none` (raw scores) or `batch` (z-scored within each call: mean 0, std 1).
+- `normalize`: `none` (raw scores), `batch` (z-scored within each call: mean 0, std 1) or `group`
+  (each score minus the mean score of the same prompt's completions in the call: GRPO's group).
+- `dead_zone` (with `normalize: group`; default 0): a group-centred score within +-dead_zone becomes 0
+  and the others move toward 0 by dead_zone (a soft threshold), so that score differences smaller
+  than the reward model's noise give no advantage and only the differences it is sure of train the
+  policy. The score's own units: read them from the eval report's reward-model scores. Use it with
+  `scale_rewards: none` or `batch` (the rl stage refuses `group`, whose division by each group's
+  spread would blow a just-past-the-zone difference back up to full size). A group is the
+  completions of one prompt that one process scores: all of them when per_device_train_batch_size
+  is a multiple of num_generations.
 - `batch_size`: conversations per forward pass; `max_length`: tokens kept per conversation (the
   end is kept: the score is read at the last token); `dtype`: float32 | bfloat16 | float16;
   `base_model`: the base for an adapter whose recorded base has moved.
@@ -29,7 +38,9 @@ from .errors import RewardSpecError
 
 logger = logging.getLogger(__name__)
 
-NORMALIZATIONS = ("none", "batch")
+NORMALIZATIONS = ("none", "batch", "group")
+# Settings that shape training advantages; an eval stage scores a training reward model without them.
+TRAINING_ONLY_KWARGS = ("normalize", "dead_zone")
 ADAPTER_SUBFOLDER = "adapter"  # a reward_model stage folder keeps its adapter here
 
 
@@ -161,6 +172,20 @@ def score_conversations(
     return scores
 
 
+def group_centred(values: list[float], groups: list[Any], dead_zone: float = 0.0) -> list[float]:
+    """Each value minus the mean of its group's values (same key in `groups`), soft-thresholded."""
+    members: dict[str, list[int]] = {}
+    for i, key in enumerate(groups):
+        members.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(i)
+    out = [0.0] * len(values)
+    for indices in members.values():
+        mean = sum(values[i] for i in indices) / len(indices)
+        for i in indices:
+            centred = values[i] - mean
+            out[i] = math.copysign(max(abs(centred) - dead_zone, 0.0), centred)
+    return out
+
+
 def z_score(values: list[float]) -> list[float]:
     if not values:
         return []
@@ -178,6 +203,7 @@ class LearnedReward:
         self,
         model: str,
         normalize: str = "none",
+        dead_zone: float = 0.0,
         batch_size: int = 16,
         max_length: int | None = 1024,
         dtype: str = "float32",
@@ -186,6 +212,12 @@ class LearnedReward:
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+        if isinstance(dead_zone, bool) or not isinstance(dead_zone, (int, float)) or not dead_zone >= 0:
+            raise ValueError(f"dead_zone must be a number >= 0, got {dead_zone!r}")
+        if dead_zone and normalize != "group":
+            raise ValueError(
+                f"dead_zone needs normalize: group (it applies to group-centred scores), got normalize: {normalize}"
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
@@ -194,6 +226,7 @@ class LearnedReward:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
         self.model = model
         self.normalize = normalize
+        self.dead_zone = float(dead_zone)
         self.batch_size = batch_size
         self.max_length = max_length
         self.dtype = dtype
@@ -202,7 +235,8 @@ class LearnedReward:
         self._loaded: tuple[Any, Any] | None = None
 
     def __repr__(self) -> str:
-        return f"LearnedReward({self.model!r}, normalize={self.normalize!r})"
+        zone = f", dead_zone={self.dead_zone}" if self.dead_zone else ""
+        return f"LearnedReward({self.model!r}, normalize={self.normalize!r}{zone})"
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_loaded": None}  # the weights are reloaded where it is unpickled
@@ -246,4 +280,8 @@ class LearnedReward:
         prompts = prompts if prompts is not None else [None] * len(completions)
         conversations = [conversation(p, c) for p, c in zip(prompts, completions, strict=True)]
         scores = score_conversations(model, tokenizer, conversations, self.batch_size, self.max_length)
-        return z_score(scores) if self.normalize == "batch" else scores
+        if self.normalize == "batch":
+            return z_score(scores)
+        if self.normalize == "group":
+            return group_centred(scores, prompts, self.dead_zone)
+        return scores

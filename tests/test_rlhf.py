@@ -116,6 +116,27 @@ def test_learned_reward_scores_pickles_and_normalises(reward_model_run):
     assert sum(batch) / len(batch) == pytest.approx(0.0, abs=1e-6)
     assert sum(b * b for b in batch) / len(batch) == pytest.approx(1.0, abs=1e-4)
 
+    # Per prompt (GRPO's group): centred on the group's mean, then the dead zone shrinks toward 0.
+    group = LearnedReward(inner.model, normalize="group")(completions=completions, prompts=prompts)
+    for i, prompt in enumerate(prompts):
+        same = [scores[j] for j, other in enumerate(prompts) if other == prompt]
+        assert group[i] == pytest.approx(scores[i] - sum(same) / len(same), abs=1e-4)
+    zone = abs(group[0]) + 0.01  # just wider than the first completion's distance from its group's mean
+    shrunk = LearnedReward(inner.model, normalize="group", dead_zone=zone)(
+        completions=completions, prompts=prompts
+    )
+    assert shrunk[0] == 0.0 and any(s != 0.0 for s in shrunk)
+    assert all(abs(s) == pytest.approx(max(abs(g) - zone, 0.0), abs=1e-4) for s, g in zip(shrunk, group))
+
+
+def test_group_centring_groups_by_prompt_and_soft_thresholds():
+    from ntp_rl.rewards.learned import group_centred
+
+    values = [1.0, 3.0, 10.0, 0.0, 5.0, 6.0]
+    prompts = ["a", "a", [{"role": "user", "content": "b"}], "c", [{"role": "user", "content": "b"}], "c"]
+    assert group_centred(values, prompts) == [-1.0, 1.0, 2.5, -3.0, -2.5, 3.0]
+    assert group_centred(values, prompts, dead_zone=2.0) == [0.0, 0.0, 0.5, -1.0, -0.5, 1.0]
+
 
 def test_reward_model_as_grpo_reward(reward_model_run, write_recipe, tmp_path):
     run, _ = reward_model_run

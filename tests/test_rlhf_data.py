@@ -252,8 +252,27 @@ def _rl_recipe(rewards, stages_before=()):
         pytest.param(
             [{"reward_model": "rm", "kwargs": {"normalize": "sometimes"}}],
             [{"kind": "reward_model", "name": "rm", "data": {"source": "synthetic:preferences"}}],
-            "normalize must be one of none, batch",
+            "normalize must be one of none, batch, group",
             id="bad-normalize",
+        ),
+        pytest.param(
+            [{"reward_model": "rm", "kwargs": {"dead_zone": 0.5}}],
+            [{"kind": "reward_model", "name": "rm", "data": {"source": "synthetic:preferences"}}],
+            "dead_zone needs normalize: group",
+            id="dead-zone-without-group",
+        ),
+        pytest.param(
+            [{"reward_model": "rm", "kwargs": {"normalize": "group", "dead_zone": -1}}],
+            [{"kind": "reward_model", "name": "rm", "data": {"source": "synthetic:preferences"}}],
+            "dead_zone must be a number >= 0",
+            id="negative-dead-zone",
+        ),
+        pytest.param(
+            [{"reward_model": "rm", "kwargs": {"normalize": "group", "dead_zone": 0.5}}],
+            [{"kind": "reward_model", "name": "rm", "data": {"source": "synthetic:preferences"}}],
+            "kwargs.dead_zone needs advantages on the reward's own scale, but scale_rewards is 'group' "
+            "(the default)",
+            id="dead-zone-with-group-scaling",
         ),
         pytest.param(
             [{"name": "math_accuracy", "reward_model": "x"}], [], "give exactly one of", id="two-sources"
@@ -265,6 +284,17 @@ def test_bad_reward_model_specs_exit_2(write_recipe, tmp_path, capsys, rewards, 
     err = capsys.readouterr().err
     assert expected in err and "rewards[0]" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_dead_zone_with_scale_rewards_none_passes_the_check(write_recipe, tmp_path):
+    from ntp_rl.config import load_recipe
+    from ntp_rl.stages.preflight import check_recipe
+
+    rm = {"kind": "reward_model", "name": "rm", "data": {"source": "synthetic:preferences"}}
+    recipe = _rl_recipe([{"reward_model": "rm", "kwargs": {"normalize": "group", "dead_zone": 0.5}}], [rm])
+    recipe["stages"][-1]["trainer"]["scale_rewards"] = "none"
+    path = write_recipe(recipe)
+    check_recipe(load_recipe(path, []), path.parent)  # raises UserError if refused
 
 
 def test_a_folder_that_is_not_a_reward_model_exits_2(write_recipe, tmp_path, capsys):
@@ -297,3 +327,18 @@ def test_reward_model_stage_keys_are_checked_with_their_path(write_recipe, capsy
         "stages[0].trainer.center_reward_coefficient: unknown key for RewardConfig; "
         "did you mean center_rewards_coefficient?" in capsys.readouterr().err
     )
+
+
+def test_eval_scores_a_training_reward_model_raw(write_recipe, tmp_path):
+    """normalize / dead_zone shape training advantages; the eval reports the reward model's own score."""
+    from ntp_rl.config import load_recipe
+    from ntp_rl.stages.evaluate import _training_rewards
+
+    rm = {"kind": "reward_model", "name": "rm", "data": {"source": "synthetic:preferences"}}
+    kwargs = {"normalize": "group", "dead_zone": 0.5, "dtype": "bfloat16"}
+    recipe = _rl_recipe([{"reward_model": "rm", "kwargs": kwargs}, {"name": "math_accuracy"}], [rm])
+    recipe["stages"].append({"kind": "eval"})
+    loaded = load_recipe(write_recipe(recipe), [])
+    specs = _training_rewards(loaded, 2, run_dir=tmp_path / "run")
+    assert specs[0].reward_model == str(tmp_path / "run" / "rm") and specs[0].kwargs == {"dtype": "bfloat16"}
+    assert specs[1].name == "math_accuracy"

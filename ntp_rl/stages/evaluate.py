@@ -28,6 +28,7 @@ from ntp_rl.evaluation.suite import (
     load_suite,
     validate_suite,
 )
+from ntp_rl.rewards.learned import TRAINING_ONLY_KWARGS
 from ntp_rl.stages.common import ADAPTER_DIR, StageContext
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ def _training_rewards(recipe: Recipe, index: int, run_dir: Path | None = None) -
     """The reward specs of the run's earlier rl stages, each once: training and eval score alike.
 
     A reward model named by its stage is that stage's folder in `run_dir`; without a run folder (the
-    pre-flight check, before the stage has run) it is left out.
+    pre-flight check, before the stage has run) it is left out. A reward model scores raw here: its
+    `normalize` / `dead_zone` shape training advantages, and normalised per call or per prompt its
+    mean would read 0 for every checkpoint.
     """
     stage_names = {s.stage_name for s in recipe.stages}
     seen, specs = set(), []
@@ -95,6 +98,9 @@ def _training_rewards(recipe: Recipe, index: int, run_dir: Path | None = None) -
                     if run_dir is None:
                         continue
                     spec = spec.model_copy(update={"reward_model": str(run_dir / spec.reward_model)})
+                if spec.reward_model is not None:  # raw scores: a normalised one would be 0 on average
+                    kwargs = {k: v for k, v in spec.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
+                    spec = spec.model_copy(update={"kwargs": kwargs})
                 key = json.dumps(spec.model_dump(exclude={"weight"}), sort_keys=True)
                 if key not in seen:
                     seen.add(key)

@@ -79,6 +79,21 @@ def reward_model_stage_folder(
     return run_dir / name
 
 
+def check_dead_zone(stage: RlStage, index: int) -> None:
+    """A reward model's `dead_zone` needs advantages that keep its scale (not divided by each group's spread)."""
+    scale = stage.trainer.get("scale_rewards", "group")
+    if scale not in (True, "group"):
+        return
+    for reward_index, spec in enumerate(stage.rewards):
+        if spec.reward_model is not None and spec.kwargs.get("dead_zone"):
+            raise UserError(
+                f"stages[{index}].rewards[{reward_index}].kwargs.dead_zone needs advantages on the reward's "
+                f"own scale, but scale_rewards is {scale!r} (the default): dividing each group by its spread "
+                f"blows a difference just past the zone back up to full size. Set "
+                f"stages[{index}].trainer.scale_rewards: none (or batch)"
+            )
+
+
 def resolve_stage_rewards(
     stage: RlStage,
     index: int,
@@ -115,6 +130,7 @@ def resolve_stage_rewards(
         available_columns=columns,
         unbuilt_reward_models=frozenset(unbuilt),
     )
+    check_dead_zone(stage, index)  # after the kwargs themselves are checked
     if check_data is not None and "answer" in columns and any(s.name == "math_accuracy" for s in specs):
         from ntp_rl.rewards.math import check_gold_answers
 
