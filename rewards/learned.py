@@ -20,6 +20,8 @@ Settings (`kwargs:` beside the spec):
   spread would blow a just-past-the-zone difference back up to full size). A group is the
   completions of one prompt that one process scores: all of them when per_device_train_batch_size
   is a multiple of num_generations.
+  With `batch` or `group`, the mean raw score of each call is logged as `<name>/raw_mean` beside
+  TRL's `rewards/<name>/mean` of the normalised values.
 - `batch_size`: conversations per forward pass; `max_length`: tokens kept per conversation (the
   end is kept: the score is read at the last token); `dtype`: float32 | bfloat16 | float16;
   `base_model`: the base for an adapter whose recorded base has moved.
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 NORMALIZATIONS = ("none", "batch", "group")
 # Settings that shape training advantages; an eval stage scores a training reward model without them.
 TRAINING_ONLY_KWARGS = ("normalize", "dead_zone")
+RAW_MEAN_SUFFIX = "raw_mean"  # logged as <name>/raw_mean when the reward returns normalised scores
 ADAPTER_SUBFOLDER = "adapter"  # a reward_model stage folder keeps its adapter here
 
 
@@ -280,6 +283,11 @@ class LearnedReward:
         prompts = prompts if prompts is not None else [None] * len(completions)
         conversations = [conversation(p, c) for p, c in zip(prompts, completions, strict=True)]
         scores = score_conversations(model, tokenizer, conversations, self.batch_size, self.max_length)
+        log_metric = kwargs.get("log_metric")
+        if self.normalize != "none" and callable(log_metric) and scores:
+            # TRL logs the normalised values as rewards/<name>/mean (about 0 by construction); the raw
+            # mean is what rises as RL pleases the reward model (the over-optimisation monitor reads it).
+            log_metric(f"{self.__name__}/{RAW_MEAN_SUFFIX}", sum(scores) / len(scores))
         if self.normalize == "batch":
             return z_score(scores)
         if self.normalize == "group":

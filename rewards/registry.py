@@ -178,6 +178,8 @@ def resolve_rewards(
         seen[reward.__name__] = seen.get(reward.__name__, 0) + 1
         if seen[reward.__name__] > 1:
             reward.__name__ = f"{reward.__name__}_{seen[reward.__name__]}"
+            if spec.reward_model is not None:  # a LearnedReward logs its raw mean under its own name
+                reward.fn.__name__ = reward.__name__
         rewards.append(reward)
     return rewards
 

@@ -117,7 +117,11 @@ def test_learned_reward_scores_pickles_and_normalises(reward_model_run):
     assert sum(b * b for b in batch) / len(batch) == pytest.approx(1.0, abs=1e-4)
 
     # Per prompt (GRPO's group): centred on the group's mean, then the dead zone shrinks toward 0.
-    group = LearnedReward(inner.model, normalize="group")(completions=completions, prompts=prompts)
+    logged = {}
+    group = LearnedReward(inner.model, normalize="group")(
+        completions=completions, prompts=prompts, log_metric=logged.__setitem__
+    )
+    assert logged == {"reward_model/raw_mean": pytest.approx(sum(scores) / len(scores), abs=1e-4)}
     for i, prompt in enumerate(prompts):
         same = [scores[j] for j, other in enumerate(prompts) if other == prompt]
         assert group[i] == pytest.approx(scores[i] - sum(same) / len(same), abs=1e-4)
@@ -126,7 +130,9 @@ def test_learned_reward_scores_pickles_and_normalises(reward_model_run):
         completions=completions, prompts=prompts
     )
     assert shrunk[0] == 0.0 and any(s != 0.0 for s in shrunk)
-    assert all(abs(s) == pytest.approx(max(abs(g) - zone, 0.0), abs=1e-4) for s, g in zip(shrunk, group))
+    assert all(
+        abs(s) == pytest.approx(max(abs(g) - zone, 0.0), abs=1e-4) for s, g in zip(shrunk, group, strict=True)
+    )
 
 
 def test_group_centring_groups_by_prompt_and_soft_thresholds():

@@ -73,6 +73,19 @@ def test_callback_reads_trainer_logs_and_warns_once(caplog):
     assert sum("over-optimisation" in r.message for r in caplog.records) == 1
 
 
+def test_callback_reads_a_normalised_reward_models_raw_mean():
+    """With normalize: batch/group the logged reward mean is ~0 every step; the raw mean shows the rise."""
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", window=5)
+    for step in range(1, 11):
+        logs = {
+            "rewards/reward_model/mean": 0.0,
+            "reward_model/raw_mean": 0.2 * step,
+            "rewards/math_accuracy/mean": 0.9 - 0.05 * step,
+        }
+        monitor.on_log(None, SimpleNamespace(global_step=step), None, logs=logs)
+    assert monitor.result()["detected"] is True and monitor.proxy_values[-1] == 2.0
+
+
 def test_monitor_needs_a_learned_and_a_gold_reward():
     from ntp_rl.config import RewardSpecSettings
 

@@ -4,7 +4,8 @@ RL against a learned reward model optimises the model's proxy of the objective; 
 policy finds what the proxy over-rates, and the proxy keeps rising while the true objective falls
 (Gao et al. 2022, "Scaling laws for reward model overoptimization"). When an rl stage has both a
 learned reward (`reward_model:`) and a gold one (`gold: true`, or `math_accuracy`), TRL already logs
-both per step (`rewards/<name>/mean` in metrics.jsonl); `OveroptimisationMonitor` watches the two
+both per step (`rewards/<name>/mean` in metrics.jsonl; for a reward model whose scores are normalised,
+its raw mean `<name>/raw_mean`); `OveroptimisationMonitor` watches the two
 series and warns once, at the first moving window over which they diverge, and the stage records
 `overoptimisation: {detected, since_step}` in its results.
 
@@ -24,6 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from transformers import TrainerCallback
+
+from ntp_rl.rewards.learned import RAW_MEAN_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,9 @@ class OveroptimisationMonitor(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        proxy, gold = logs.get(f"rewards/{self.proxy}/mean"), logs.get(f"rewards/{self.gold}/mean")
+        # A normalised learned reward's own mean is ~0 by construction; its raw mean is logged beside it.
+        proxy = logs.get(f"{self.proxy}/{RAW_MEAN_SUFFIX}", logs.get(f"rewards/{self.proxy}/mean"))
+        gold = logs.get(f"rewards/{self.gold}/mean")
         if not isinstance(proxy, (int, float)) or not isinstance(gold, (int, float)):
             return
         if not (math.isfinite(proxy) and math.isfinite(gold)):
