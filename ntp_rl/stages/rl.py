@@ -84,11 +84,12 @@ def check_dead_zone(stage: RlStage, index: int) -> None:
     scale = stage.trainer.get("scale_rewards", "group")
     if scale not in (True, "group"):
         return
+    given = "" if "scale_rewards" in stage.trainer else " (the default)"
     for reward_index, spec in enumerate(stage.rewards):
         if spec.reward_model is not None and spec.kwargs.get("dead_zone"):
             raise UserError(
                 f"stages[{index}].rewards[{reward_index}].kwargs.dead_zone needs advantages on the reward's "
-                f"own scale, but scale_rewards is {scale!r} (the default): dividing each group by its spread "
+                f"own scale, but scale_rewards is {scale!r}{given}: dividing each group by its spread "
                 f"blows a difference just past the zone back up to full size. Set "
                 f"stages[{index}].trainer.scale_rewards: none (or batch)"
             )
