@@ -15,8 +15,9 @@ input (`ntp_rl.models.contiguous_output_head`), which the plain script lacks: it
 copy of the head's weight at every generation prefill, in time and in peak memory. The first
 `--warmup-steps` steps are not timed. Each side runs in its own subprocess, so its peak resident
 memory (`ru_maxrss`, read by that process at the end) does not mix with the other's. Sides
-alternate, `--repeats` times each; the summary takes the median step over all repeats. CPU seconds per step move much less than wall seconds when other work
-shares the machine; both are reported, with their ratios (target: ntp-rl / TRL <= 1.05).
+alternate, `--repeats` times each; the summary takes the median step over all repeats. CPU seconds
+per step move much less than wall seconds when other work shares the machine; both are reported,
+with their ratios (target: ntp-rl / TRL <= 1.05).
 
 Run from the repository root:
 

@@ -4,8 +4,9 @@
 status, timings and peak resident memory. A finished stage (its `COMPLETE` marker exists) is skipped
 when the same config runs again; an interrupted one resumes from its last trainer checkpoint. A
 different config pointed at an existing run is refused unless `new_run` is set, which picks
-`<name>-2`, `<name>-3`, ... Nothing is ever deleted or overwritten. With several processes (accelerate), every rank runs the
-stages (training is collective) and only the main process writes the manifest and markers.
+`<name>-2`, `<name>-3`, ... Nothing is ever deleted or overwritten. With several processes
+(accelerate), every rank runs the stages (training is collective) and only the main process writes
+the manifest and markers.
 """
 
 from __future__ import annotations

@@ -219,7 +219,8 @@ class LearnedReward:
             raise ValueError(f"dead_zone must be a number >= 0, got {dead_zone!r}")
         if dead_zone and normalize != "group":
             raise ValueError(
-                f"dead_zone needs normalize: group (it applies to group-centred scores), got normalize: {normalize}"
+                "dead_zone needs normalize: group (it applies to group-centred scores), "
+                f"got normalize: {normalize}"
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -13,7 +13,8 @@ series and warns once, at the first moving window over which they diverge, and t
 steps, the least-squares slope of each series against the step, and its t statistic (slope over its
 standard error). Divergence = the proxy's t >= `min_t` and the gold's t <= -`min_t`: both trends
 clear of their own noise, in opposite directions. `since_step` is where the gold peaked within the
-first such window (its last maximum there): the step the decline began, as well as a window can tell. With min_t = 3 and 10 points (8 degrees of freedom) one window of pure noise passes one side
+first such window (its last maximum there): the step the decline began, as well as a window can
+tell. With min_t = 3 and 10 points (8 degrees of freedom) one window of pure noise passes one side
 with probability ~0.9 % and both with ~0.007 %.
 """
 

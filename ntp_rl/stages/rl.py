@@ -80,7 +80,7 @@ def reward_model_stage_folder(
 
 
 def check_dead_zone(stage: RlStage, index: int) -> None:
-    """A reward model's `dead_zone` needs advantages that keep its scale (not divided by each group's spread)."""
+    """A reward model's `dead_zone` needs advantages on its own scale, not divided by a group's spread."""
     scale = stage.trainer.get("scale_rewards", "group")
     if scale not in (True, "group"):
         return
