@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ntp_rl.errors import UserError
 from ntp_rl.probes.settings import ProbeSettings
 
-# Trainer arguments the pipeline sets itself: a recipe that sets them would be silently overridden.
+# Trainer arguments the pipeline sets itself (a recipe that set them would be silently overridden):
+# where the value comes from, and what to do instead.
 PIPELINE_OWNED_TRAINER_KEYS = {
-    "output_dir": "run.output_dir and the stage name",
-    "seed": "run.seed",
-    "reward_weights": "the `weight` of each entry in the stage's rewards",
+    "output_dir": ("run.output_dir and the stage name", "remove it"),
+    "seed": ("the stage's `seed:` (default run.seed)", "set `seed:` on the stage instead"),
+    "reward_weights": ("the `weight` of each entry in the stage's rewards", "remove it"),
 }
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -134,6 +135,11 @@ class StageBase(StrictModel):
 class TrainingStage(StageBase):
     # Arguments of TRL's config class for this stage (SFTConfig, GRPOConfig, ...), passed through.
     trainer: dict[str, Any] = Field(default_factory=dict)
+    # Seed of this stage's randomness: the trainer's (initialisation, data order, sampling) and the
+    # sampling before training (prompt filter, policy pairs). None = run.seed. The data itself (splits,
+    # synthetic problems) always follows run.seed, so stages with different seeds see the same data:
+    # give the rl stage another seed to replicate it against the same SFT, reward model and eval items.
+    seed: int | None = None
 
 
 class SftStage(TrainingStage):
@@ -281,7 +287,12 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
 
 
 # Stage keys added after runs existed; unset (None), they are left out of the config hash.
-ADDED_LATER = {"eval": ("probes", "sampled_checkpoints"), "reward_model": ("init_from", "policy_pairs")}
+ADDED_LATER = {
+    "eval": ("probes", "sampled_checkpoints"),
+    "reward_model": ("init_from", "policy_pairs", "seed"),
+    "sft": ("seed",),
+    "rl": ("seed",),
+}
 
 
 class Recipe(StrictModel):
@@ -520,9 +531,8 @@ def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
         path = f"stages[{index}].trainer"
         owned = [k for k in stage.trainer if k in PIPELINE_OWNED_TRAINER_KEYS]
         for key in owned:
-            problems.append(
-                f"{path}.{key}: set by the pipeline from {PIPELINE_OWNED_TRAINER_KEYS[key]}; remove it"
-            )
+            source, remedy = PIPELINE_OWNED_TRAINER_KEYS[key]
+            problems.append(f"{path}.{key}: set by the pipeline from {source}; {remedy}")
         cls = trainer_config_class(stage)
         trainer_kwargs = {k: v for k, v in stage.trainer.items() if k not in owned}
         try:

@@ -112,6 +112,7 @@ def test_config_hash_tracks_changes(tmp_path):
     a = load_recipe(path).config_hash()
     assert a == load_recipe(path).config_hash()
     assert a != load_recipe(path, ["stages[0].trainer.max_steps=4"]).config_hash()
+    assert a != load_recipe(path, ["stages[0].seed=1"]).config_hash()
 
 
 def test_smoke_shrinks_budgets_and_uses_tiny(tmp_path):
@@ -138,3 +139,36 @@ def test_config_hash_of_an_rlhf_recipe_is_stable(tmp_path):
     assert recipe.config_hash() == "1b968695d73048ba"  # as computed before reward_model.init_from existed
     assert load_recipe(path, ["stages[1].init_from=sft"]).config_hash() != recipe.config_hash()
     assert load_recipe(path, ["stages[2].init_from=sft"]).config_hash() != recipe.config_hash()
+
+
+def test_a_stage_seed_reseeds_that_stage_only(tmp_path):
+    from pathlib import Path
+
+    from ntp_rl.stages.common import StageContext
+
+    recipe = load_recipe(
+        _write(
+            tmp_path,
+            {
+                "run": {"name": "t", "seed": 5},
+                "stages": [
+                    {"kind": "sft", "trainer": {"max_steps": 1}},
+                    {
+                        "kind": "rl",
+                        "seed": 9,
+                        "rewards": [{"name": "math_accuracy"}],
+                        "trainer": {"max_steps": 1},
+                    },
+                ],
+            },
+        )
+    )
+
+    def context(index):
+        return StageContext(recipe, recipe.stages[index], index, tmp_path / "run", "tiny", Path(tmp_path))
+
+    sft, rl = context(0), context(1)
+    assert (sft.seed, rl.seed) == (5, 9)
+    assert sft.trainer_args().seed == 5
+    assert rl.trainer_args(num_generations=2, per_device_train_batch_size=2).seed == 9
+    assert recipe.stage_data(recipe.stages[1]) == recipe.stage_data(recipe.stages[0])  # same data

@@ -58,6 +58,12 @@ class StageContext:
     def data(self):
         return self.recipe.stage_data(self.stage)
 
+    @property
+    def seed(self) -> int:
+        """The stage's seed (its `seed:`, else run.seed); data splits always use run.seed."""
+        seed = getattr(self.stage, "seed", None)
+        return self.recipe.run.seed if seed is None else seed
+
     def trainer_args(self, **defaults: Any):
         """The stage's TRL config: recipe `trainer:` over `defaults`, with pipeline-owned fields set."""
         import torch
@@ -76,7 +82,7 @@ class StageContext:
             kwargs,
             path,
             output_dir=str(self.stage_dir / CHECKPOINT_DIR),
-            seed=self.recipe.run.seed,
+            seed=self.seed,
         )
 
 

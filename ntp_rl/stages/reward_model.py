@@ -135,7 +135,7 @@ def _sample_and_score(ctx: StageContext, stage: RewardModelStage, train) -> list
     adapter = check_stage_adapter(
         ctx.run_dir / settings.policy / ADAPTER_DIR, f"stages[{ctx.index}].policy_pairs.policy"
     )
-    rows = train.shuffle(seed=ctx.recipe.run.seed).select(range(min(settings.prompts, len(train))))
+    rows = train.shuffle(seed=ctx.seed).select(range(min(settings.prompts, len(train))))
     trust = ctx.recipe.model.trust_remote_code
     tokenizer = load_tokenizer(ctx.base_model_path, trust)
     policy = PeftModel.from_pretrained(
@@ -148,7 +148,7 @@ def _sample_and_score(ctx: StageContext, stage: RewardModelStage, train) -> list
         num_samples=n,
         temperature=settings.temperature,
         max_new_tokens=settings.max_new_tokens,
-        seed=ctx.recipe.run.seed,
+        seed=ctx.seed,
     )
     with tqdm(total=len(rows), desc="policy pairs", unit="prompt") as bar:
         generations = generate(
@@ -210,9 +210,7 @@ def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
     from datasets import Dataset
 
     records = sample_policy(ctx, stage, train)
-    pairs, mixed = policy_pairs_from_samples(
-        records, stage.policy_pairs.max_pairs_per_prompt, ctx.recipe.run.seed
-    )
+    pairs, mixed = policy_pairs_from_samples(records, stage.policy_pairs.max_pairs_per_prompt, ctx.seed)
     stats = {"prompts": len(records), "prompts_with_a_difference": mixed, "pairs": len(pairs)}
     logger.info(
         "policy pairs: %d pairs from %d of %d prompts whose samples differ under %s",

@@ -281,7 +281,7 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
     filter_stats = None
     if stage.prompt_filter is not None:  # deterministic: a resumed stage gets the same prompts back
         train, filter_stats = filter_prompts(
-            model, tokenizer, train, reward_funcs, weights, stage.prompt_filter, args, ctx.recipe.run.seed
+            model, tokenizer, train, reward_funcs, weights, stage.prompt_filter, args, ctx.seed
         )
 
     if stage.algorithm == "rloo":
