@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ntp-rl: training stopped: {exc}", file=sys.stderr)
         return 1
     except RewardRuntimeError as exc:  # a reward broke mid-run: its message names the reward and sample
-        print(f"ntp-rl: training stopped: {exc}", file=sys.stderr)
+        print(f"ntp-rl: run stopped: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(

@@ -189,3 +189,36 @@ def test_metric_modules_by_hand(metric):
     assert out["per_item"]["maj@1"] == [1.0, 0.0, 0.0]
     failed = [[False, True], [True, True]]
     assert metric("extraction_failure_rate").compute(parse_failed=failed)["extraction_failure_rate"] == 0.75
+
+
+def test_scorers_are_called_in_chunks_in_order():
+    """Rewards see calls of a training step's size, not all of an eval's samples at once (timeouts)."""
+    from datasets import Dataset
+
+    from ntp_rl.evaluation.harness import SCORE_CHUNK, _score
+    from ntp_rl.generation import Generation
+
+    n_items, n_samples = 50, 4  # 200 completions: more than three chunks
+    rows = Dataset.from_dict(
+        {"prompt": [f"q{i}" for i in range(n_items)], "answer": [str(i) for i in range(n_items)]}
+    )
+    generations = [
+        Generation(
+            [f"Answer: {i + j}" for j in range(n_samples)], [3] * n_samples, [False] * n_samples, [[1]] * 4
+        )
+        for i in range(n_items)
+    ]
+    sizes = []
+
+    def echo(completions, answer, **kwargs):
+        sizes.append(len(completions))
+        assert len(answer) == len(completions) == len(kwargs["prompts"]) == len(kwargs["completion_ids"])
+        return [
+            float(c[0]["content"].split()[-1]) - float(a) for c, a in zip(completions, answer, strict=True)
+        ]
+
+    echo.__name__ = "echo"
+    fields = _score(generations, rows, [echo])
+    assert max(sizes) == SCORE_CHUNK and sum(sizes) == n_items * n_samples
+    assert fields["rewards"]["echo"] == [[float(j) for j in range(n_samples)]] * n_items
+    assert fields["correct"][3] == [True, False, False, False]

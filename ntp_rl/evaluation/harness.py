@@ -84,6 +84,9 @@ def _decodings(suite: EvalSuite) -> list[tuple[str, Any]]:
     return out
 
 
+SCORE_CHUNK = 64  # completions per call of a scorer
+
+
 def _score(generations, rows, scorers) -> dict[str, Any]:
     """Per-item fields of one checkpoint and mode: verdicts, answers, lengths, rewards, texts."""
     from ntp_rl.rewards.math import score_math_answer
@@ -104,7 +107,7 @@ def _score(generations, rows, scorers) -> dict[str, Any]:
         fields["answers"].append([None if s.parse_failed else s.extracted for s in scores])
         fields["parse_failed"].append([s.parse_failed for s in scores])
     if scorers:
-        # One call per scorer over every completion, with the data's columns by keyword, as TRL does.
+        # Each scorer over every completion, with the data's columns by keyword, as TRL calls rewards.
         counts = [len(g.texts) for g in generations]
         columns = {
             name: [value for value, n in zip(rows[name], counts, strict=True) for _ in range(n)]
@@ -116,15 +119,23 @@ def _score(generations, rows, scorers) -> dict[str, Any]:
         completions = [[{"role": "assistant", "content": t}] for g in generations for t in g.texts]
         completion_ids = [ids for g in generations for ids in g.token_ids]
         for scorer in scorers:
-            values = scorer(
-                completions=completions,
-                prompts=prompts,
-                completion_ids=completion_ids,
-                trainer_state=None,
-                log_metric=lambda *args, **kwargs: None,
-                log_extra=lambda *args, **kwargs: None,
-                **columns,
-            )
+            # In calls of at most SCORE_CHUNK completions, about a training step's worth: a reward's
+            # per-call timeout (`timeout_seconds`) was set for calls of that size, not for all of an
+            # eval's samples at once (800 of them took a reward model past 120 s on one CPU thread).
+            values = []
+            for start in range(0, len(completions), SCORE_CHUNK):
+                chunk = slice(start, start + SCORE_CHUNK)
+                values.extend(
+                    scorer(
+                        completions=completions[chunk],
+                        prompts=prompts[chunk],
+                        completion_ids=completion_ids[chunk],
+                        trainer_state=None,
+                        log_metric=lambda *args, **kwargs: None,
+                        log_extra=lambda *args, **kwargs: None,
+                        **{name: column[chunk] for name, column in columns.items()},
+                    )
+                )
             per_item, start = [], 0
             for n in counts:
                 per_item.append(values[start : start + n])
