@@ -202,6 +202,12 @@ class RlStage(TrainingStage):
     prompt_filter: PromptFilterSettings | None = None
     # Stage whose adapter the policy starts from; None = the previous sft stage if there is one.
     init_from: str | None = None
+    # Multiplies every positive advantage (after the trainer's own centring and scaling); negative
+    # ones are kept. 1 = the trainer's objective; 0 = negative-sample reinforcement only (Zhu et al.
+    # 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning"), 0.1 their
+    # W-REINFORCE. For a reward that is trustworthy when it scores a completion low and not when it
+    # scores one high, as a small reward model can be (README "Measured > RLHF").
+    positive_advantage_weight: float = Field(1.0, ge=0.0, le=1.0)
 
     @field_validator("rewards")
     @classmethod
@@ -286,12 +292,13 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
 }
 
 
-# Stage keys added after runs existed; unset (None), they are left out of the config hash.
-ADDED_LATER = {
-    "eval": ("probes", "sampled_checkpoints"),
-    "reward_model": ("init_from", "policy_pairs", "seed"),
-    "sft": ("seed",),
-    "rl": ("seed",),
+# Stage keys added after runs existed, with their defaults: at the default, a key is left out of the
+# config hash, so runs made before it existed keep their hash (and resume).
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "eval": {"probes": None, "sampled_checkpoints": None},
+    "reward_model": {"init_from": None, "policy_pairs": None, "seed": None},
+    "sft": {"seed": None},
+    "rl": {"seed": None, "positive_advantage_weight": 1.0},
 }
 
 
@@ -333,8 +340,8 @@ class Recipe(StrictModel):
         config = self.model_dump(mode="json")
         config["run"].pop("output_dir", None)
         for stage in config["stages"]:
-            for key in ADDED_LATER.get(stage["kind"], ()):  # unset, runs keep the hash they had before
-                if key in stage and stage[key] is None:
+            for key, default in ADDED_LATER.get(stage["kind"], {}).items():
+                if key in stage and stage[key] == default:
                     del stage[key]
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -113,6 +113,7 @@ def test_config_hash_tracks_changes(tmp_path):
     assert a == load_recipe(path).config_hash()
     assert a != load_recipe(path, ["stages[0].trainer.max_steps=4"]).config_hash()
     assert a != load_recipe(path, ["stages[0].seed=1"]).config_hash()
+    assert a == load_recipe(path, ["stages[0].seed=null"]).config_hash()  # the default: as if unset
 
 
 def test_smoke_shrinks_budgets_and_uses_tiny(tmp_path):
@@ -139,6 +140,12 @@ def test_config_hash_of_an_rlhf_recipe_is_stable(tmp_path):
     assert recipe.config_hash() == "1b968695d73048ba"  # as computed before reward_model.init_from existed
     assert load_recipe(path, ["stages[1].init_from=sft"]).config_hash() != recipe.config_hash()
     assert load_recipe(path, ["stages[2].init_from=sft"]).config_hash() != recipe.config_hash()
+    assert (
+        load_recipe(path, ["stages[2].positive_advantage_weight=1.0"]).config_hash() == recipe.config_hash()
+    )
+    assert (
+        load_recipe(path, ["stages[2].positive_advantage_weight=0.1"]).config_hash() != recipe.config_hash()
+    )
 
 
 def test_a_stage_seed_reseeds_that_stage_only(tmp_path):

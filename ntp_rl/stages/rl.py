@@ -256,6 +256,27 @@ class SampleLogCallback(TrainerCallback):
                 handle.write(json.dumps(record, default=str) + "\n")
 
 
+def weighting_positive_advantages(trainer_class: type, weight: float) -> type:
+    """`trainer_class` (TRL's GRPO or RLOO trainer) with its positive advantages multiplied by `weight`.
+
+    The trainer computes advantages as it always does (centred on the group, scaled as configured);
+    this scales the positive ones just before the loss sees them. The logged rewards and advantage
+    statistics are the trainer's own, before the scaling.
+    """
+
+    class PositiveAdvantageWeighted(trainer_class):
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            advantages = output["advantages"]
+            output["advantages"] = advantages.where(advantages <= 0, advantages * weight)
+            return output
+
+    PositiveAdvantageWeighted.__name__ = PositiveAdvantageWeighted.__qualname__ = (
+        f"{trainer_class.__name__}WithPositiveAdvantageWeight"
+    )
+    return PositiveAdvantageWeighted
+
+
 def run_rl(ctx: StageContext) -> dict[str, Any]:
     from peft import LoraConfig, PeftModel
 
@@ -288,6 +309,8 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         from trl import RLOOTrainer as Trainer
     else:
         from trl import GRPOTrainer as Trainer
+    if stage.positive_advantage_weight != 1.0:
+        Trainer = weighting_positive_advantages(Trainer, stage.positive_advantage_weight)
     samples = SampleLogCallback(ctx.stage_dir / SAMPLES_FILE)
     callbacks, stop = stage_callbacks(ctx)
     monitor = monitor_for(stage.rewards, reward_funcs)  # learned vs gold reward, when both are there
@@ -313,6 +336,7 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
     trainer.accelerator.wait_for_everyone()
     return {
         "algorithm": stage.algorithm,
+        "positive_advantage_weight": stage.positive_advantage_weight,
         "init_adapter": str(adapter) if adapter else None,
         "train_rows": len(train),
         "train_loss": train_output.training_loss,
