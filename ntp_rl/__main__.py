@@ -1,6 +1,6 @@
 """`python -m ntp_rl ...` and `accelerate launch -m ntp_rl ...` run the same CLI as `ntp-rl`."""
 
-from ntp_rl.cli import main
+from ntp_rl.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -283,5 +283,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `ntp-rl` command and `python -m ntp_rl`: `main`, then exit with its status."""
+    code = main()
+    from ntp_rl.rewards.guard import abandoned_calls_running
+
+    if abandoned_calls_running():
+        # A reward call that timed out is still running in native code in a thread; interpreter
+        # shutdown would abort the process (status 134, "terminate called without an active
+        # exception") instead of returning this status. Leave without it, output flushed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -31,6 +31,17 @@ class RewardTimeout(Exception):
 
 
 _PREVIEW_CHARS = 200
+# Threads of reward calls abandoned past their timeout. One still running in native code (torch) when
+# the interpreter exits makes the process abort (SIGABRT) instead of exiting with its status; the CLI
+# checks `abandoned_calls_running()` and exits without interpreter shutdown then.
+_ABANDONED: list[threading.Thread] = []
+
+
+def abandoned_calls_running() -> bool:
+    """Whether a reward call abandoned past its timeout is still running in its thread."""
+    return any(thread.is_alive() for thread in _ABANDONED)
+
+
 _WARNED_EVENTS = 5  # skipped errors logged as warnings per reward; later ones only at debug level
 
 # TRL's callbacks: not per-sample data, and not to be called again while a failure is diagnosed.
@@ -124,6 +135,7 @@ class GuardedReward:
         worker.start()
         worker.join(self.timeout_seconds)
         if worker.is_alive():
+            _ABANDONED.append(worker)
             raise RewardTimeout(f"took longer than its timeout of {self.timeout_seconds:g} s")
         if "error" in box:
             raise box["error"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -78,3 +81,19 @@ def test_pathological_latex_finishes(write_recipe, tmp_path, tiny_model_path):
         for line in (tmp_path / "runs" / "faults" / "rl" / "metrics.jsonl").read_text().splitlines()
     ]
     assert any("rewards/pathological_latex/mean" in line for line in logs)
+
+
+def test_a_reward_hung_in_torch_exits_1_not_abort(write_recipe, tmp_path, tiny_model_path):
+    """The timed-out call keeps running in native code; the process still exits 1 with its message."""
+    path = write_recipe(_recipe({"path": f"{PLUGINS}:hangs_computing", "timeout_seconds": 2}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ntp_rl", "train", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]  # 134 (SIGABRT at interpreter shutdown) before
+    assert "reward 'hangs_computing' took longer than its timeout of 2 s" in proc.stderr
+    assert "terminate called" not in proc.stderr

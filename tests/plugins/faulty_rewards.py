@@ -23,3 +23,12 @@ def pathological_latex(completions, answer, **kwargs):
     bad = "\\frac{" * 400 + "1" + "}" * 400 + " \\sqrt{" * 200
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return math_accuracy([f"{t}\nAnswer: {bad}" for t in texts], answer=answer, **kwargs)
+
+
+def hangs_computing(completions, **kwargs):
+    """Hangs inside torch (as a slow reward model does), not in Python: its thread cannot be dropped quietly."""
+    import torch
+
+    x = torch.randn(256, 256)
+    while True:
+        x = torch.tanh(x @ x)
