@@ -334,9 +334,8 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         trainer.model.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR), selected_adapters=["default"])
         tokenizer.save_pretrained(str(ctx.stage_dir / ADAPTER_DIR))
     trainer.accelerator.wait_for_everyone()
-    return {
+    results = {
         "algorithm": stage.algorithm,
-        "positive_advantage_weight": stage.positive_advantage_weight,
         "init_adapter": str(adapter) if adapter else None,
         "train_rows": len(train),
         "train_loss": train_output.training_loss,
@@ -346,3 +345,6 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         "prompt_filter": filter_stats,
         "overoptimisation": monitor.result() if monitor is not None else None,
     }
+    if stage.positive_advantage_weight != 1.0:  # recorded where set; 1 is the trainer's own objective
+        results["positive_advantage_weight"] = stage.positive_advantage_weight
+    return results
