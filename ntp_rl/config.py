@@ -208,6 +208,11 @@ class RlStage(TrainingStage):
     # W-REINFORCE. For a reward that is trustworthy when it scores a completion low and not when it
     # scores one high, as a small reward model can be (README "Measured > RLHF").
     positive_advantage_weight: float = Field(1.0, ge=0.0, le=1.0)
+    # Training prompts held out (never trained on) for TRL's own evaluation loop: the policy is sampled
+    # and scored on them before the first step and every `trainer.eval_steps` (default: a quarter of
+    # max_steps), logged as eval_rewards/<name>/mean; the over-optimisation monitor compares the gold
+    # there. 0 = no evaluation during training.
+    eval_examples: int = Field(0, ge=0)
 
     @field_validator("rewards")
     @classmethod
@@ -298,7 +303,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     "eval": {"probes": None, "sampled_checkpoints": None},
     "reward_model": {"init_from": None, "policy_pairs": None, "seed": None},
     "sft": {"seed": None},
-    "rl": {"seed": None, "positive_advantage_weight": 1.0},
+    "rl": {"seed": None, "positive_advantage_weight": 1.0, "eval_examples": 0},
 }
 
 

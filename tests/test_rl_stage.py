@@ -115,3 +115,21 @@ def test_negative_sample_reinforcement_trains(write_recipe, tmp_path, tiny_model
     sft = load_file(run / "sft" / "adapter" / "adapter_model.safetensors")
     rl = load_file(run / "rl" / "adapter" / "adapter_model.safetensors")
     assert sum(float((rl[k] - sft[k]).abs().sum()) for k in sft) > 0  # the negative advantages moved it
+
+
+def test_hold_out_draws_prompts_never_trained_on():
+    from datasets import Dataset
+
+    from ntp_rl.errors import UserError
+    from ntp_rl.stages.rl import hold_out
+
+    rows = Dataset.from_dict({"prompt": [f"q{i}" for i in range(10)]})
+    train, held = hold_out(rows, 3, seed=42, where="stages[1] (rl)")
+    assert len(held) == 3 and len(train) == 7
+    assert not set(held["prompt"]) & set(train["prompt"])
+    assert train["prompt"] == sorted(train["prompt"], key=lambda p: int(p[1:]))  # the rest keeps its order
+    assert hold_out(rows, 3, seed=42, where="x")[1]["prompt"] == held["prompt"]  # seeded
+    with pytest.raises(
+        UserError, match=r"stages\[1\] \(rl\): eval_examples is 10 but the training split has 10"
+    ):
+        hold_out(rows, 10, seed=42, where="stages[1] (rl)")

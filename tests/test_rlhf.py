@@ -157,6 +157,7 @@ def test_reward_model_as_grpo_reward(reward_model_run, write_recipe, tmp_path):
                     {"reward_model": str(run / "reward_model")},
                     {"name": "math_accuracy", "gold": True},
                 ],
+                "eval_examples": 2,  # held-out prompts, sampled before step 1 and every step (2 // 4 -> 1)
                 "trainer": {
                     "max_steps": 2,
                     "per_device_train_batch_size": 4,
@@ -178,13 +179,22 @@ def test_reward_model_as_grpo_reward(reward_model_run, write_recipe, tmp_path):
     assert any(r["rewards/reward_model/std"] > 0 for r in steps)  # the reward model tells completions apart
     done = json.loads((stage / "COMPLETE").read_text())
     assert done["reward_names"] == ["reward_model", "math_accuracy"]
-    assert done["overoptimisation"] == {
+    assert done["train_rows"] == 6  # 8 training prompts, 2 held out
+    result = done["overoptimisation"]
+    heldout = result.pop("heldout")
+    assert result == {
         "detected": False,
         "since_step": None,
         "proxy": "reward_model",
         "gold": "math_accuracy",
         "window": 10,
     }
+    assert heldout["step"] == [0, 1, 2] and heldout["samples"] == 2 * 4
+    assert len(heldout["gold"]) == len(heldout["proxy"]) == 3 and heldout["detected"] is False
+    evals = [r for r in logs if "eval_rewards/math_accuracy/mean" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2] and all(
+        "eval_rewards/reward_model/mean" in r for r in evals
+    )
     manifest = json.loads((tmp_path / "runs" / "rlhf" / "manifest.json").read_text())
     assert manifest["config"]["stages"][0]["rewards"][1]["weight"] == 0.0  # gold: logged, not trained on
 

@@ -8,7 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from ntp_rl.stages.overoptimisation import OveroptimisationMonitor, detect_divergence, monitor_for, slope_t
+from ntp_rl.stages.overoptimisation import (
+    OveroptimisationMonitor,
+    detect_divergence,
+    heldout_fall,
+    monitor_for,
+    slope_t,
+)
 
 STEPS = list(range(1, 61))
 
@@ -99,3 +105,33 @@ def test_monitor_needs_a_learned_and_a_gold_reward():
     assert monitor_for([rm, math_acc, fmt_gold], names(rm, math_acc, fmt_gold)).gold == "format"
     assert monitor_for([math_acc], names(math_acc)) is None
     assert monitor_for([rm], names(rm)) is None
+
+
+def test_heldout_fall_by_hand():
+    # 0.6 -> 0.4 over 100 samples each (sd 0.49): standard error sqrt(2 * 0.24 / 100) = 0.069; fell 2.9 of them.
+    assert heldout_fall([0.6, 0.5, 0.4], [0.49, 0.5, 0.49], [1.0, 1.1, 1.2], samples=100)
+    assert not heldout_fall([0.6, 0.4], [0.49, 0.49], [1.0, 0.8], samples=100)  # the proxy fell too
+    assert not heldout_fall([0.6, 0.4], [0.49, 0.49], [1.0, 1.2], samples=10)  # inside the noise
+    assert not heldout_fall([0.4, 0.6], [0.49, 0.49], [1.0, 1.2], samples=100)  # rose
+    assert not heldout_fall([0.6], [0.49], [1.0], samples=100)
+
+
+def test_callback_reads_heldout_evaluations_and_warns_once(caplog):
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=128)
+    golds = [0.62, 0.64, 0.60, 0.45, 0.40]
+    for step, gold in zip([0, 5, 10, 15, 20], golds, strict=True):
+        logs = {
+            "eval_rewards/math_accuracy/mean": gold,
+            "eval_rewards/math_accuracy/std": 0.49,
+            "eval_rewards/reward_model/mean": 0.0,
+            "eval_reward_model/raw_mean": 0.1 * step,
+        }
+        with caplog.at_level("WARNING"):
+            monitor.on_log(None, SimpleNamespace(global_step=step), None, logs=logs)
+    result = monitor.result()
+    assert result["detected"] is False and monitor.steps == []  # evaluations are not training steps
+    heldout = result["heldout"]
+    assert heldout["detected"] is True and heldout["since_step"] == 5  # the held-out gold's peak
+    assert heldout["step"] == [0, 5, 10, 15, 20] and heldout["proxy"][-1] == 2.0
+    assert sum("held-out prompts" in r.message for r in caplog.records) == 1
+    assert OveroptimisationMonitor("reward_model", "math_accuracy").result()["heldout"] is None

@@ -9,6 +9,13 @@ its raw mean `<name>/raw_mean`); `OveroptimisationMonitor` watches the two
 series and warns once, at the first moving window over which they diverge, and the stage records
 `overoptimisation: {detected, since_step}` in its results.
 
+With `eval_examples` on the rl stage, TRL's own evaluation loop also samples and scores the policy on
+held-out prompts (before the first step and every `eval_steps`; `eval_rewards/<name>/mean` and `/std`
+in the logs). Per-step means of a few dozen training samples move a lot from step to step; the
+held-out ones are the same prompts every time, so a fall there shows sooner. `heldout_fall` is that
+test: the latest held-out gold below the first by more than `HELDOUT_MIN_Z` standard errors (each
+from its logged spread over the samples) while the proxy has not fallen.
+
 `detect_divergence` is the test, a pure function: over each window of `window` consecutive logged
 steps, the least-squares slope of each series against the step, and its t statistic (slope over its
 standard error). Divergence = the proxy's t >= `min_t` and the gold's t <= -`min_t`: both trends
@@ -33,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 10  # logged steps per window
 DEFAULT_MIN_T = 3.0  # t statistic each slope must clear
+HELDOUT_MIN_Z = 2.0  # standard errors by which the held-out gold must fall
 
 
 def slope_t(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -77,19 +85,78 @@ def detect_divergence(
     return None
 
 
+def heldout_fall(
+    gold: Sequence[float],
+    gold_std: Sequence[float],
+    proxy: Sequence[float],
+    samples: int,
+    min_z: float = HELDOUT_MIN_Z,
+) -> bool:
+    """Whether the last held-out gold mean is below the first by > min_z standard errors, the proxy not lower."""
+    if len(gold) < 2 or samples < 2:
+        return False
+    standard_error = math.sqrt((gold_std[0] ** 2 + gold_std[-1] ** 2) / samples)
+    fell = gold[0] - gold[-1]
+    return fell > 0 and fell > min_z * standard_error and proxy[-1] >= proxy[0]
+
+
 class OveroptimisationMonitor(TrainerCallback):
     """Watch `rewards/<proxy>/mean` against `rewards/<gold>/mean` in the trainer's logs; warn once."""
 
-    def __init__(self, proxy: str, gold: str, window: int = DEFAULT_WINDOW, min_t: float = DEFAULT_MIN_T):
+    def __init__(
+        self,
+        proxy: str,
+        gold: str,
+        window: int = DEFAULT_WINDOW,
+        min_t: float = DEFAULT_MIN_T,
+        heldout_samples: int = 0,
+    ):
         self.proxy, self.gold = proxy, gold
         self.window, self.min_t = window, min_t
         self.steps: list[int] = []
         self.proxy_values: list[float] = []
         self.gold_values: list[float] = []
         self.since_step: int | None = None
+        # Held-out evaluations (TRL's eval loop): completions scored per evaluation, and the series.
+        self.heldout_samples = heldout_samples
+        self.heldout: dict[str, list[Any]] = {"step": [], "gold": [], "gold_std": [], "proxy": []}
+        self.heldout_since_step: int | None = None
+
+    def _on_heldout(self, step: int, logs: dict[str, Any]) -> None:
+        proxy = logs.get(f"eval_{self.proxy}/{RAW_MEAN_SUFFIX}", logs.get(f"eval_rewards/{self.proxy}/mean"))
+        gold = logs.get(f"eval_rewards/{self.gold}/mean")
+        gold_std = logs.get(f"eval_rewards/{self.gold}/std", 0.0)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (proxy, gold, gold_std)):
+            return
+        self.heldout["step"].append(int(step))
+        for key, value in (("gold", gold), ("gold_std", gold_std), ("proxy", proxy)):
+            self.heldout[key].append(float(value))
+        h = self.heldout
+        if self.heldout_since_step is None and heldout_fall(
+            h["gold"], h["gold_std"], h["proxy"], self.heldout_samples
+        ):
+            # Where it began, as well as evaluations can tell: the last held-out peak of the gold.
+            peak = max(i for i, value in enumerate(h["gold"]) if value == max(h["gold"]))
+            self.heldout_since_step = int(h["step"][peak])
+            logger.warning(
+                "reward over-optimisation on held-out prompts: the gold reward %s fell from %.3f to %.3f "
+                "(step %d to %d, %d samples each, more than %g standard errors) while the learned reward %s "
+                "did not. Consider a larger KL coefficient (trainer.beta), fewer steps, or a better reward model.",
+                self.gold,
+                h["gold"][0],
+                h["gold"][-1],
+                h["step"][0],
+                step,
+                self.heldout_samples,
+                HELDOUT_MIN_Z,
+                self.proxy,
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
+        if f"eval_rewards/{self.gold}/mean" in logs:
+            self._on_heldout(state.global_step, logs)
+            return
         # A normalised learned reward's own mean is ~0 by construction; its raw mean is logged beside it.
         proxy = logs.get(f"{self.proxy}/{RAW_MEAN_SUFFIX}", logs.get(f"rewards/{self.proxy}/mean"))
         gold = logs.get(f"rewards/{self.gold}/mean")
@@ -128,10 +195,23 @@ class OveroptimisationMonitor(TrainerCallback):
             "proxy": self.proxy,
             "gold": self.gold,
             "window": self.window,
+            # Held-out evaluations (rl stage `eval_examples`): the series, and where a fall began.
+            "heldout": (
+                {
+                    "detected": self.heldout_since_step is not None,
+                    "since_step": self.heldout_since_step,
+                    "samples": self.heldout_samples,
+                    **self.heldout,
+                }
+                if self.heldout["step"]
+                else None
+            ),
         }
 
 
-def monitor_for(specs: Sequence[Any], reward_funcs: Sequence[Any]) -> OveroptimisationMonitor | None:
+def monitor_for(
+    specs: Sequence[Any], reward_funcs: Sequence[Any], heldout_samples: int = 0
+) -> OveroptimisationMonitor | None:
     """A monitor for an rl stage's rewards, when it has a learned reward and a gold one.
 
     The proxy is the first `reward_model:` reward; the gold is the first reward flagged `gold: true`,
@@ -144,4 +224,4 @@ def monitor_for(specs: Sequence[Any], reward_funcs: Sequence[Any]) -> Overoptimi
     ]
     if not proxies or not golds:
         return None
-    return OveroptimisationMonitor(proxies[0], golds[0])
+    return OveroptimisationMonitor(proxies[0], golds[0], heldout_samples=heldout_samples)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,33 @@ class SampleLogCallback(TrainerCallback):
                 handle.write(json.dumps(record, default=str) + "\n")
 
 
+def hold_out(train, count: int, seed: int, where: str):
+    """(training rows, `count` held-out rows): a seeded draw, the rest kept in their order."""
+    if count >= len(train):
+        raise UserError(
+            f"{where}: eval_examples is {count} but the training split has {len(train)} rows; hold out fewer"
+        )
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    held = sorted(order[:count])
+    return train.select(sorted(order[count:])), train.select(held)
+
+
+def heldout_eval_defaults(stage: RlStage) -> dict[str, Any]:
+    """Trainer defaults for evaluation on held-out prompts (`eval_examples`); the recipe's trainer wins."""
+    if not stage.eval_examples:
+        return {}
+    trainer = {**RL_DEFAULTS, **stage.trainer}
+    # TRL evaluates whole groups: an eval batch of one generation batch (a multiple of num_generations).
+    batch = trainer["per_device_train_batch_size"] * trainer.get("gradient_accumulation_steps", 1)
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": max(1, int(trainer["max_steps"]) // 4),
+        "eval_on_start": True,
+        "per_device_eval_batch_size": batch,
+    }
+
+
 def weighting_positive_advantages(trainer_class: type, weight: float) -> type:
     """`trainer_class` (TRL's GRPO or RLOO trainer) with its positive advantages multiplied by `weight`.
 
@@ -287,7 +315,13 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
     reward_funcs, weights = resolve_stage_rewards(
         stage, ctx.index, train.column_names, ctx.recipe_dir, recipe=ctx.recipe, run_dir=ctx.run_dir
     )
-    args = ctx.trainer_args(**{**RL_DEFAULTS, **rlhf_trainer_defaults(stage)}, reward_weights=weights)
+    eval_dataset = None
+    if stage.eval_examples:
+        train, eval_dataset = hold_out(train, stage.eval_examples, ctx.recipe.run.seed, where)
+    args = ctx.trainer_args(
+        **{**RL_DEFAULTS, **rlhf_trainer_defaults(stage), **heldout_eval_defaults(stage)},
+        reward_weights=weights,
+    )
 
     tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
     model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, ctx.recipe.model.trust_remote_code)
@@ -313,7 +347,13 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         Trainer = weighting_positive_advantages(Trainer, stage.positive_advantage_weight)
     samples = SampleLogCallback(ctx.stage_dir / SAMPLES_FILE)
     callbacks, stop = stage_callbacks(ctx)
-    monitor = monitor_for(stage.rewards, reward_funcs)  # learned vs gold reward, when both are there
+    # Learned vs gold reward, when both are there (also on the held-out prompts, when there are some).
+    heldout_samples = (
+        len(eval_dataset) * (args.num_generations_eval or args.num_generations)
+        if eval_dataset is not None
+        else 0
+    )
+    monitor = monitor_for(stage.rewards, reward_funcs, heldout_samples)
     if monitor is not None:
         callbacks.append(monitor)
     trainer = Trainer(
@@ -321,6 +361,7 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=train,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[*callbacks, samples],
