@@ -97,7 +97,7 @@ def heldout_fall(
         return False
     standard_error = math.sqrt((gold_std[0] ** 2 + gold_std[-1] ** 2) / samples)
     fell = gold[0] - gold[-1]
-    return fell > 0 and fell > min_z * standard_error and proxy[-1] >= proxy[0]
+    return fell > min_z * standard_error and proxy[-1] >= proxy[0]
 
 
 class OveroptimisationMonitor(TrainerCallback):

@@ -41,10 +41,10 @@ def check_stage(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) 
         check_vllm(stage, index)
         train = load_rows(data, data.train_split, recipe.run.seed, recipe_dir)
         to_prompt_format(train, where)
-        from ntp_rl.stages.rl import hold_out, resolve_stage_rewards
+        from ntp_rl.stages.rl import check_hold_out, resolve_stage_rewards
 
         if stage.eval_examples:
-            hold_out(train, stage.eval_examples, recipe.run.seed, where)
+            check_hold_out(stage.eval_examples, len(train), where)
 
         resolve_stage_rewards(stage, index, train.column_names, recipe_dir, check_data=train, recipe=recipe)
     elif isinstance(stage, EvalStage):

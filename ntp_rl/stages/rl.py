@@ -257,12 +257,17 @@ class SampleLogCallback(TrainerCallback):
                 handle.write(json.dumps(record, default=str) + "\n")
 
 
+def check_hold_out(count: int, rows: int, where: str) -> None:
+    """`eval_examples` must leave training rows (checked before any stage runs, and again by `hold_out`)."""
+    if count >= rows:
+        raise UserError(
+            f"{where}: eval_examples is {count} but the training split has {rows} rows; hold out fewer"
+        )
+
+
 def hold_out(train, count: int, seed: int, where: str):
     """(training rows, `count` held-out rows): a seeded draw, the rest kept in their order."""
-    if count >= len(train):
-        raise UserError(
-            f"{where}: eval_examples is {count} but the training split has {len(train)} rows; hold out fewer"
-        )
+    check_hold_out(count, len(train), where)
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     held = sorted(order[:count])
