@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ntp_rl.errors import UserError
-from ntp_rl.probes.settings import ProbeSettings
+from ntp_rl.probe_settings import ProbeSettings
 
 # Trainer arguments the pipeline sets itself (a recipe that set them would be silently overridden):
 # where the value comes from, and what to do instead.
@@ -149,11 +149,23 @@ class SftStage(TrainingStage):
 
 
 class RewardSpecSettings(StrictModel):
+    """One reward spec (an rl stage's `rewards`, a suite's `scorers`, `policy_pairs.gold`): exactly one
+    of `name`, `path` or `reward_model`, with its weight and settings.
+
+    The one reward-spec model: `ntp_rl.rewards.resolve_reward` turns it into a callable, and
+    `ntp_rl.rewards.RewardSpec` is this model built from Python code, a failed check raised as
+    `RewardSpecError` instead of pydantic's `ValidationError`.
+    """
+
+    # A built-in reward: a key of ntp_rl.rewards.BUILTIN_REWARDS.
     name: str | None = None
+    # `package.module:attr` or `path/to/file.py:attr` (a file: the recipe's folder, then the current one).
     path: str | None = None
     # A learned reward model: a reward_model stage of this run (by name), its folder, or a hub id.
     reward_model: str | None = None
-    weight: float = 1.0
+    # Its weight in TRL's weighted sum (`reward_weights`); 0 logs the reward without training on it.
+    weight: float = Field(1.0, strict=True, allow_inf_nan=False)
+    # Constructor arguments of a reward class, or keyword arguments bound to a reward function.
     kwargs: dict[str, Any] = Field(default_factory=dict)
     on_error: Literal["raise", "skip"] = "raise"
     # Wall-clock limit of one reward call (a batch); past it the call is an error under `on_error`.
@@ -177,6 +189,19 @@ class RewardSpecSettings(StrictModel):
                 "or `reward_model` (a reward_model stage of this run, its folder, or a hub id)"
             )
         return self
+
+    def describe(self) -> str:
+        """The spec's source for messages: "name format", "path ./my_rewards.py:brevity"."""
+        return describe_reward_source(self.name, self.path, self.reward_model)
+
+
+def describe_reward_source(name: Any, path: Any, reward_model: Any) -> str:
+    """A reward spec's source for messages, also for one that failed its checks (no source, or two)."""
+    sources = {"name": name, "path": path, "reward_model": reward_model}
+    given = [(key, value) for key, value in sources.items() if value is not None]
+    if len(given) == 1:
+        return f"{given[0][0]} {given[0][1]}"
+    return ", ".join(f"{key} {value!r}" for key, value in given) or "no name, path or reward_model"
 
 
 class PromptFilterSettings(StrictModel):
@@ -202,12 +227,6 @@ class RlStage(TrainingStage):
     prompt_filter: PromptFilterSettings | None = None
     # Stage whose adapter the policy starts from; None = the previous sft stage if there is one.
     init_from: str | None = None
-    # Multiplies every positive advantage (after the trainer's own centring and scaling); negative
-    # ones are kept. 1 = the trainer's objective; 0 = negative-sample reinforcement only (Zhu et al.
-    # 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning"), 0.1 their
-    # W-REINFORCE. For a reward that is trustworthy when it scores a completion low and not when it
-    # scores one high, as a small reward model can be (README "Measured > RLHF").
-    positive_advantage_weight: float = Field(1.0, ge=0.0, le=1.0)
     # Training prompts held out (never trained on) for TRL's own evaluation loop: the policy is sampled
     # and scored on them before the first step and every `trainer.eval_steps` (default: a quarter of
     # max_steps), logged as eval_rewards/<name>/mean; the over-optimisation monitor compares the gold
@@ -274,7 +293,7 @@ class EvalStage(StageBase):
     # Checkpoints ("base" or stage names) that also get the sampled decoding; default: every one.
     # Greedy still runs for all. E.g. [sft, rl] skips the base's samples, often the longest ones.
     sampled_checkpoints: list[str] | None = None
-    # Instruments beyond next-token prediction (ntp_rl/probes/settings.py), e.g.
+    # Instruments beyond next-token prediction (ntp_rl/probe_settings.py), e.g.
     # {future: {k: 3}, answer: true, rhyme: true, credit: {texts: 8}} or `true` for all; off when null.
     probes: ProbeSettings | None = None
 
@@ -298,12 +317,14 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
 
 
 # Stage keys added after runs existed, with their defaults: at the default, a key is left out of the
-# config hash, so runs made before it existed keep their hash (and resume).
+# config hash, so runs made before it existed keep their hash (and resume). A key removed later
+# (rl `positive_advantage_weight`, default 1) leaves the hash of runs made at its default unchanged:
+# it was never hashed there; a recipe that still sets it is refused as an unknown key.
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "eval": {"probes": None, "sampled_checkpoints": None},
     "reward_model": {"init_from": None, "policy_pairs": None, "seed": None},
     "sft": {"seed": None},
-    "rl": {"seed": None, "positive_advantage_weight": 1.0, "eval_examples": 0},
+    "rl": {"seed": None, "eval_examples": 0},
 }
 
 

@@ -113,15 +113,14 @@ def resolve_stage_rewards(
     `reward_model:` naming a stage of the recipe is that stage's folder in `run_dir`; without a
     `run_dir` (the pre-flight check) that folder need not exist yet.
     """
-    from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
+    from ntp_rl.rewards.registry import resolve_rewards
 
     specs, unbuilt = [], set()
-    for reward_index, settings in enumerate(stage.rewards):
-        spec = RewardSpec(**settings.model_dump())
+    for reward_index, spec in enumerate(stage.rewards):
         if spec.reward_model is not None and recipe is not None:
             folder = reward_model_stage_folder(recipe, index, reward_index, spec.reward_model, run_dir)
             if folder is not None:
-                spec.reward_model = str(folder)
+                spec = spec.model_copy(update={"reward_model": str(folder)})  # the recipe's stays as written
                 if run_dir is None:
                     unbuilt.add(spec.reward_model)
         specs.append(spec)
@@ -150,6 +149,7 @@ def filter_prompts(model, tokenizer, train, reward_funcs, weights, settings, arg
     when too few prompts survive to fill one generation batch.
     """
     from ntp_rl.generation import Decoding, generate, merged_copy
+    from ntp_rl.rewards.scoring import mean_applied, score_completions
 
     candidates = train.shuffle(seed=seed).select(range(min(settings.candidates, len(train))))
     decoding = Decoding(
@@ -169,31 +169,27 @@ def filter_prompts(model, tokenizer, train, reward_funcs, weights, settings, arg
         )
     del sampler
     n = settings.samples
-    texts = [text for gen in generations for text in gen.texts]
     columns = {
-        name: [value for value in candidates[name] for _ in range(n)]
-        for name in candidates.column_names
-        if name != "prompt"
+        name: [value for value in candidates[name] for _ in range(n)] for name in candidates.column_names
     }
-    prompts = [p for p in candidates["prompt"] for _ in range(n)]
-    completions = [[{"role": "assistant", "content": text}] for text in texts]
-    totals = [0.0] * len(texts)
-    first_reward_mean = None
-    for fn, weight in zip(reward_funcs, weights, strict=True):
-        values = fn(prompts=prompts, completions=completions, **columns)
-        scored = [0.0 if v is None else float(v) for v in values]
-        if first_reward_mean is None:
-            first_reward_mean = sum(scored) / len(scored)
-        totals = [t + weight * v for t, v in zip(totals, scored, strict=True)]
+    # Scored as TRL scores a training batch: a reward's None is left out of the weighted sum, and a
+    # sample no reward applied to (sum None) is left out of its group's spread, as GRPO leaves it out
+    # of the group's baseline.
+    scores = score_completions(
+        reward_funcs,
+        weights,
+        [p for p in candidates["prompt"] for _ in range(n)],
+        [text for gen in generations for text in gen.texts],
+        [ids for gen in generations for ids in gen.token_ids],
+        columns,
+    )
     keep = [
-        i
-        for i in range(len(candidates))
-        if max(totals[i * n : (i + 1) * n]) - min(totals[i * n : (i + 1) * n]) >= settings.min_spread
+        i for i in range(len(candidates)) if _spread(scores.total[i * n : (i + 1) * n]) >= settings.min_spread
     ]
     stats = {
         "candidates": len(candidates),
         "kept": len(keep),
-        "start_policy_mean_first_reward": first_reward_mean,
+        "start_policy_mean_first_reward": mean_applied(scores.per_reward[0]),
     }
     prompts_per_batch = max(1, args.generation_batch_size // args.num_generations)
     if len(keep) < prompts_per_batch:
@@ -209,6 +205,12 @@ def filter_prompts(model, tokenizer, train, reward_funcs, weights, settings, arg
         "prompt filter kept %d of %d prompts (reward varies across samples)", len(keep), len(candidates)
     )
     return candidates.select(keep), stats
+
+
+def _spread(totals: list[float | None]) -> float:
+    """Max minus min of a prompt's weighted rewards, over the samples some reward applied to."""
+    present = [t for t in totals if t is not None]
+    return max(present) - min(present) if present else 0.0
 
 
 def init_adapter_dir(ctx: StageContext) -> Path | None:
@@ -289,27 +291,6 @@ def heldout_eval_defaults(stage: RlStage) -> dict[str, Any]:
     }
 
 
-def weighting_positive_advantages(trainer_class: type, weight: float) -> type:
-    """`trainer_class` (TRL's GRPO or RLOO trainer) with its positive advantages multiplied by `weight`.
-
-    The trainer computes advantages as it always does (centred on the group, scaled as configured);
-    this scales the positive ones just before the loss sees them. The logged rewards and advantage
-    statistics are the trainer's own, before the scaling.
-    """
-
-    class PositiveAdvantageWeighted(trainer_class):
-        def _generate_and_score_completions(self, inputs):
-            output = super()._generate_and_score_completions(inputs)
-            advantages = output["advantages"]
-            output["advantages"] = advantages.where(advantages <= 0, advantages * weight)
-            return output
-
-    PositiveAdvantageWeighted.__name__ = PositiveAdvantageWeighted.__qualname__ = (
-        f"{trainer_class.__name__}WithPositiveAdvantageWeight"
-    )
-    return PositiveAdvantageWeighted
-
-
 def run_rl(ctx: StageContext) -> dict[str, Any]:
     from peft import LoraConfig, PeftModel
 
@@ -348,8 +329,6 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         from trl import RLOOTrainer as Trainer
     else:
         from trl import GRPOTrainer as Trainer
-    if stage.positive_advantage_weight != 1.0:
-        Trainer = weighting_positive_advantages(Trainer, stage.positive_advantage_weight)
     samples = SampleLogCallback(ctx.stage_dir / SAMPLES_FILE)
     callbacks, stop = stage_callbacks(ctx)
     # Learned vs gold reward, when both are there (also on the held-out prompts, when there are some).
@@ -391,6 +370,4 @@ def run_rl(ctx: StageContext) -> dict[str, Any]:
         "prompt_filter": filter_stats,
         "overoptimisation": monitor.result() if monitor is not None else None,
     }
-    if stage.positive_advantage_weight != 1.0:  # recorded where set; 1 is the trainer's own objective
-        results["positive_advantage_weight"] = stage.positive_advantage_weight
     return results
