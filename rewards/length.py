@@ -18,7 +18,9 @@ class SoftOverlongPenalty:
 
     Lengths are counted in tokens from TRL's `completion_ids` when given, else in whitespace-separated
     words of the completion text (a stand-in for calls outside a trainer). Set `max_completion_tokens`
-    to the trainer's `max_completion_length`.
+    to the trainer's `max_completion_length`. The penalty is TRL's `get_soft_overlong_punishment`;
+    this class adds what the registry needs: checked settings, a word count where there are no token
+    ids (`ntp-rl rewards check`, eval), and a stable logged name.
     """
 
     # The name TRL logs the reward under (`rewards/soft_overlong_penalty/mean`), whatever the settings.
@@ -42,20 +44,12 @@ class SoftOverlongPenalty:
     def __call__(
         self, completions: list, completion_ids: list[list[int]] | None = None, **kwargs: Any
     ) -> list[float | None]:
-        if completion_ids is not None:
-            lengths = [len(ids) for ids in completion_ids]
-        else:
-            lengths = [len(completion_text(c).split()) for c in completions]
-        return [self.penalty(length) for length in lengths]
+        from trl.rewards import get_soft_overlong_punishment  # the formula: TRL's, which counts len(ids)
 
-    def penalty(self, length: int) -> float:
-        """The penalty for a completion of `length` tokens."""
-        free = self.max_completion_tokens - self.buffer_tokens
-        if length <= free:
-            return 0.0
-        if length > self.max_completion_tokens:
-            return -1.0
-        return (free - length) / self.buffer_tokens
+        if completion_ids is None:  # outside a trainer: the words stand in for the tokens
+            completion_ids = [completion_text(c).split() for c in completions]
+        penalty = get_soft_overlong_punishment(self.max_completion_tokens, self.buffer_tokens)
+        return penalty(completion_ids=completion_ids)
 
     def __repr__(self) -> str:
         return (

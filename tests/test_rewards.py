@@ -294,6 +294,20 @@ def test_soft_overlong_penalty_without_buffer_is_a_step():
     assert reward(["", ""], completion_ids=[[1] * 10, [1] * 11]) == [0.0, -1.0]
 
 
+@pytest.mark.parametrize(("max_tokens", "buffer"), [(100, 20), (48, 8), (10, 0), (5, 5)])
+def test_soft_overlong_penalty_is_dapo_eq_13_at_every_length(max_tokens, buffer):
+    """TRL computes it now; the values are those of the formula the project computed before, exactly."""
+
+    def before(length: int) -> float:
+        free = max_tokens - buffer
+        return 0.0 if length <= free else -1.0 if length > max_tokens else (free - length) / buffer
+
+    lengths = range(max_tokens + 5)
+    reward = SoftOverlongPenalty(max_completion_tokens=max_tokens, buffer_tokens=buffer)
+    expected = [before(n) for n in lengths]
+    assert reward([""] * len(lengths), completion_ids=[[1] * n for n in lengths]) == expected
+
+
 @pytest.mark.parametrize(("max_tokens", "buffer"), [(0, 0), (10, 11), (10, -1), (10.0, 2), (10, True)])
 def test_soft_overlong_penalty_rejects_bad_settings(max_tokens, buffer):
     with pytest.raises((TypeError, ValueError)):
