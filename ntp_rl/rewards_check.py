@@ -45,8 +45,6 @@ DEGENERATE_COMPLETIONS = {
 }
 TOTAL = "weighted total"
 EXAMPLES_SHOWN = 4
-# Data columns TRL does not pass to rewards under their own name (the prompt arrives as `prompts`).
-_WITHHELD_COLUMNS = ("prompt", "completion", "completion_ids")
 _TOLERANCE = 1e-9
 
 
@@ -185,37 +183,29 @@ def score_like_trl(
     completion_ids: list[list[int]],
     columns: dict[str, list[Any]],
 ) -> Scored:
-    """Call `reward` on the batch with TRL's keyword arguments; a failing batch is re-scored per sample.
+    """Call `reward` on the batch as training does (`rewards.scoring.call_reward`); a failing batch is
+    re-scored per sample.
 
     `columns` are the data columns, one value per completion. Exceptions are caught and counted (a
     `RewardDataError`, a problem of the data, is not: it propagates as bad input).
     """
-    from transformers import TrainerState
-
     from ntp_rl.rewards.errors import RewardDataError
+    from ntp_rl.rewards.scoring import call_reward
 
     logged: dict[str, list[float]] = {}
 
     def log_metric(name: str, value: float) -> None:
         logged.setdefault(name, []).append(float(value))
 
-    def log_extra(column: str, values: list[Any]) -> None:
-        pass
-
     def call(part: slice) -> list[float | None]:
-        values = reward(
-            prompts=prompts[part],
-            completions=[[{"role": "assistant", "content": text}] for text in texts[part]],
-            completion_ids=completion_ids[part],
-            trainer_state=TrainerState(),
-            log_extra=log_extra,
+        return call_reward(
+            reward,
+            prompts[part],
+            texts[part],
+            completion_ids[part],
+            {name: column[part] for name, column in columns.items()},
             log_metric=log_metric,
-            **{name: column[part] for name, column in columns.items()},
         )
-        values = list(values)
-        if len(values) != len(texts[part]):
-            raise ValueError(f"returned {len(values)} values for {len(texts[part])} completions")
-        return [None if v is None else float(v) for v in values]
 
     count = len(texts)
     skipped_before = getattr(reward, "error_count", 0)
@@ -249,15 +239,6 @@ def score_like_trl(
 def _describe(exc: BaseException) -> str:
     cause = exc.__cause__ if exc.__cause__ is not None else exc  # GuardedReward wraps the reward's own error
     return f"{type(cause).__name__}: {cause}"[:300]
-
-
-def weighted_total(per_reward: list[list[float | None]], weights: list[float]) -> list[float | None]:
-    """TRL's combination: the weighted sum skipping None (nansum); None where every reward is None."""
-    totals: list[float | None] = []
-    for sample in zip(*per_reward, strict=True):
-        present = [w * v for w, v in zip(weights, sample, strict=True) if v is not None]
-        totals.append(sum(present) if present else None)
-    return totals
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +366,7 @@ def check_rewards(recipe: Recipe, recipe_path: Path, settings: CheckSettings) ->
     from ntp_rl.data import load_rows, to_prompt_format
     from ntp_rl.generation import Decoding, generate
     from ntp_rl.rewards.math import math_accuracy, score_math_answer
+    from ntp_rl.rewards.scoring import WITHHELD_COLUMNS, weighted_sum
     from ntp_rl.stages.rl import RL_DEFAULTS, resolve_stage_rewards
 
     recipe_dir = recipe_path.resolve().parent
@@ -422,12 +404,12 @@ def check_rewards(recipe: Recipe, recipe_path: Path, settings: CheckSettings) ->
     batch_prompts = [p for p in prompts for _ in range(k)]
     ids = [ids for g in generations for ids in g.token_ids]
     texts = [tokenizer.decode(i, skip_special_tokens=True) for i in ids]  # as TRL decodes
-    names = [c for c in rows.column_names if c not in _WITHHELD_COLUMNS]
+    names = [c for c in rows.column_names if c not in WITHHELD_COLUMNS]
     row_columns = {c: list(rows[c]) for c in names}
     columns = {c: [v for v in values for _ in range(k)] for c, values in row_columns.items()}
 
     scored = [score_like_trl(r, batch_prompts, texts, ids, columns) for r in rewards]
-    sampled_total = weighted_total([s.values for s in scored], weights)
+    sampled_total = weighted_sum([s.values for s in scored], weights)
 
     # Degenerate completions: one of each kind per prompt.
     per_prompt = [degenerate_texts(p[-1]["content"], tokenizer, max_new_tokens) for p in prompts]
@@ -438,7 +420,7 @@ def check_rewards(recipe: Recipe, recipe_path: Path, settings: CheckSettings) ->
         degenerate[kind] = [
             score_like_trl(r, prompts, kind_texts, kind_ids, row_columns).values for r in rewards
         ]
-    degenerate_total = {kind: weighted_total(v, weights) for kind, v in degenerate.items()}
+    degenerate_total = {kind: weighted_sum(v, weights) for kind, v in degenerate.items()}
 
     entries = []
     for r_index, (reward, weight, result) in enumerate(zip(rewards, weights, scored, strict=True)):

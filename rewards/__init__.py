@@ -9,6 +9,8 @@ picklable; a reward with settings is a callable class with a stable `__name__`.
 - `BUILTIN_REWARDS` (in `registry.py`): the rewards a recipe names by `name:`.
 - `resolve_reward` / `resolve_rewards`: a recipe's spec -> a checked, guarded callable.
 - `score_math_answer`: the math check behind `math_accuracy`, shared with the eval harness.
+- `score_completions` (in `scoring.py`): rewards called and summed as TRL's GRPO trainer does, for
+  every caller outside the trainer (prompt filter, policy pairs, eval, `ntp-rl rewards check`).
 
 See README.md in this folder for how to write and name your own.
 """
@@ -27,6 +29,7 @@ from .registry import (
     resolve_reward,
     resolve_rewards,
 )
+from .scoring import RewardScores, score_completions
 
 __all__ = [
     "ANSWER_LINE_PREFIX",
@@ -37,6 +40,7 @@ __all__ = [
     "MathScore",
     "RewardDataError",
     "RewardRuntimeError",
+    "RewardScores",
     "RewardSpec",
     "RewardSpecError",
     "SoftOverlongPenalty",
@@ -49,5 +53,6 @@ __all__ = [
     "math_accuracy",
     "resolve_reward",
     "resolve_rewards",
+    "score_completions",
     "score_math_answer",
 ]

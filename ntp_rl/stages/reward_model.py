@@ -85,14 +85,14 @@ def prepare_preference_data(recipe, stage: RewardModelStage, index: int, recipe_
 def resolve_policy_gold(stage: RewardModelStage, index: int, columns: list[str], recipe_dir):
     """`policy_pairs.gold` resolved and checked against the preference data's columns (UserError if not)."""
     from ntp_rl.errors import UserError
-    from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
+    from ntp_rl.rewards.registry import resolve_rewards
 
     where = f"stages[{index}].policy_pairs"
     if "prompt" not in columns:
         raise UserError(f"{where}: the preference data has no `prompt` column to sample the policy on")
     data_columns = [c for c in columns if c not in ("chosen", "rejected")]
     (gold,) = resolve_rewards(
-        [RewardSpec(**stage.policy_pairs.gold.model_dump())],
+        [stage.policy_pairs.gold],
         recipe_dir,
         where=f"{where}.gold",
         available_columns=data_columns,
@@ -128,6 +128,7 @@ def _sample_and_score(ctx: StageContext, stage: RewardModelStage, train) -> list
 
     from ntp_rl.generation import Decoding, generate, merged_copy
     from ntp_rl.models import load_causal_lm
+    from ntp_rl.rewards.scoring import score_completions
 
     settings = stage.policy_pairs
     gold = resolve_policy_gold(stage, ctx.index, train.column_names, ctx.recipe_dir)
@@ -156,11 +157,14 @@ def _sample_and_score(ctx: StageContext, stage: RewardModelStage, train) -> list
         )
     del sampler
     texts = [text for g in generations for text in g.texts]
-    scores = gold(
-        prompts=[p for p in rows["prompt"] for _ in range(n)],
-        completions=[[{"role": "assistant", "content": t}] for t in texts],
-        **{c: [v for v in rows[c] for _ in range(n)] for c in columns},
-    )
+    (scores,) = score_completions(
+        [gold],
+        [1.0],  # one reward: only its own values are used, not a weighted sum
+        [p for p in rows["prompt"] for _ in range(n)],
+        texts,
+        [ids for g in generations for ids in g.token_ids],
+        {c: [v for v in rows[c] for _ in range(n)] for c in columns},
+    ).per_reward
     records = [
         {
             "prompt": row["prompt"],
