@@ -7,9 +7,10 @@ A recipe lists rewards as `{name|path, weight, kwargs, on_error}`:
     - {path: ./my_rewards.py:brevity}                                  # a file: the recipe's folder, then cwd
     - {reward_model: runs/x/reward_model, kwargs: {normalize: batch}}  # a learned reward model (learned.py)
 
-`resolve_reward` imports the target, instantiates a class with `kwargs` (or binds `kwargs` to a
-function), checks that TRL can call it and that it pickles, and returns it inside a `GuardedReward`
-(the run-time error policy). Every problem is a `RewardSpecError` naming the spec and what to do,
+A spec is `ntp_rl.config.RewardSpecSettings`, the one reward-spec model (a recipe's, validated with
+the recipe); `RewardSpec` is the same model built in code. `resolve_reward` imports the target,
+instantiates a class with `kwargs` (or binds `kwargs` to a function), checks that TRL can call it
+and that it pickles, and returns it inside a `GuardedReward` (the run-time error policy). Every problem is a `RewardSpecError` naming the spec and what to do,
 raised when the recipe is loaded, not mid-training. `check_reward_columns` checks the data columns
 a reward asks for, once the data is known.
 
@@ -24,21 +25,24 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import math
 import pickle
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pydantic import ValidationError
+
+from ntp_rl.config import RewardSpecSettings, describe_reward_source
+
 from .errors import RewardSpecError
 from .format import format_reward
-from .guard import GuardedReward, OnError
+from .guard import GuardedReward
 from .length import SoftOverlongPenalty
 from .math import math_accuracy
+from .scoring import WITHHELD_COLUMNS
 
 # The one registry of built-in rewards: a recipe's `name:` is a key here; anything else is a `path:`.
 # A class is instantiated with the spec's kwargs; a function gets them bound.
@@ -53,68 +57,32 @@ BUILTIN_REWARDS: dict[str, Callable[..., Any] | type] = {
 TRL_REWARD_KWARGS = frozenset(
     {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
 )
-# Data columns TRL does not forward under their own name (the prompt arrives as `prompts`).
-_WITHHELD_COLUMNS = frozenset({"prompt", "completion", "completion_ids"})
 
 
-@dataclass
-class RewardSpec:
-    """One entry of a recipe's `rewards:` list: exactly one of `name` (a built-in), `path` or `reward_model`.
+class RewardSpec(RewardSpecSettings):
+    """A reward spec built from Python code: `ntp_rl.config.RewardSpecSettings`, the one reward-spec
+    model (fields, defaults and checks are its own), with a failed check raised as `RewardSpecError`.
 
-    Args:
-        name: a key of `BUILTIN_REWARDS`.
-        path: `package.module:attr` or `path/to/file.py:attr` (relative to the recipe's folder, then cwd).
-        reward_model: a learned reward model (`LearnedReward`): a reward_model stage folder, an adapter or
-            sequence-classification model folder (relative to the recipe's folder, then cwd), or a hub id.
-        weight: the reward's weight in TRL's weighted sum (`reward_weights`); 0 logs it without training on it.
-        kwargs: constructor arguments of a class, or keyword arguments bound to a function.
-        on_error: "raise" stops the run on a failing reward; "skip" scores the failing samples None.
-        gold: the reward is a gold signal, watched beside a learned reward for over-optimisation.
+    Exactly one of `name` (a key of `BUILTIN_REWARDS`), `path` (`package.module:attr` or
+    `path/to/file.py:attr`) or `reward_model` (a reward model folder or hub id); `weight`, `kwargs`,
+    `on_error` ("raise" or "skip"), `timeout_seconds` (default 120) and `gold` as in a recipe.
     """
 
-    name: str | None = None
-    path: str | None = None
-    reward_model: str | None = None
-    weight: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    on_error: OnError = "raise"
-    gold: bool = False
-    timeout_seconds: float | None = None  # wall-clock limit of one call; past it, an error under on_error
-
-    def __post_init__(self) -> None:
-        if sum(x is not None for x in (self.name, self.path, self.reward_model)) != 1:
-            raise RewardSpecError(
-                f"reward spec ({self.describe()}): give exactly one of `name` (a built-in: "
-                f"{', '.join(BUILTIN_REWARDS)}), `path` (`package.module:attr` or `path/to/file.py:attr`) "
-                "or `reward_model` (a reward model folder or hub id)"
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            source = describe_reward_source(data.get("name"), data.get("path"), data.get("reward_model"))
+            problems = "; ".join(
+                (f"{'.'.join(str(part) for part in error['loc'])}: " if error["loc"] else "")
+                + error["msg"].removeprefix("Value error, ")
+                for error in exc.errors()
             )
-        if (
-            isinstance(self.weight, bool)
-            or not isinstance(self.weight, (int, float))
-            or not math.isfinite(self.weight)
-        ):
-            raise RewardSpecError(
-                f"reward spec ({self.describe()}): weight must be a finite number, got {self.weight!r}"
-            )
-        if not isinstance(self.kwargs, dict) or not all(isinstance(key, str) for key in self.kwargs):
-            raise RewardSpecError(
-                f"reward spec ({self.describe()}): kwargs must be a mapping of names to values"
-            )
-        if self.on_error not in ("raise", "skip"):
-            raise RewardSpecError(
-                f"reward spec ({self.describe()}): on_error must be 'raise' or 'skip', got {self.on_error!r}"
-            )
-
-    def describe(self) -> str:
-        sources = {"name": self.name, "path": self.path, "reward_model": self.reward_model}
-        given = [(key, value) for key, value in sources.items() if value is not None]
-        if len(given) == 1:
-            return f"{given[0][0]} {given[0][1]}"
-        return ", ".join(f"{k} {v!r}" for k, v in given) or "no name, path or reward_model"
+            raise RewardSpecError(f"reward spec ({source}): {problems}") from None
 
 
 def resolve_reward(
-    spec: RewardSpec,
+    spec: RewardSpecSettings,
     base_dir: Path | None = None,
     *,
     where: str = "reward",
@@ -156,7 +124,7 @@ def resolve_reward(
 
 
 def resolve_rewards(
-    specs: Sequence[RewardSpec],
+    specs: Sequence[RewardSpecSettings],
     base_dir: Path | None = None,
     *,
     where: str = "rewards",
@@ -196,7 +164,7 @@ def check_reward_columns(
     """
     inner = reward.fn if isinstance(reward, GuardedReward) else reward
     label = where or getattr(reward, "origin", None) or f"reward '{_callable_name(inner)}'"
-    available = set(available_columns) - _WITHHELD_COLUMNS
+    available = set(available_columns) - WITHHELD_COLUMNS
     try:
         parameters = inspect.signature(inner).parameters.values()
     except (TypeError, ValueError):
@@ -232,7 +200,7 @@ def check_reward_columns(
 # --- resolution steps --------------------------------------------------------------------------
 
 
-def _load_target(spec: RewardSpec, base_dir: Path | None, label: str) -> Any:
+def _load_target(spec: RewardSpecSettings, base_dir: Path | None, label: str) -> Any:
     if spec.name is not None:
         if spec.name in BUILTIN_REWARDS:
             return BUILTIN_REWARDS[spec.name]
