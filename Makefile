@@ -37,5 +37,5 @@ smoke: setup
 test: setup
 	$(PY) -m pytest -q
 
-lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+lint: setup   # style, then the import-layer contracts of pyproject.toml (also part of `make test`)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(PY) -m pytest -q tests/test_layers.py

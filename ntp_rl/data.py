@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.common import ANSWER_LINE_PREFIX
 from ntp_rl.config import DataSettings
 from ntp_rl.errors import UserError
 
@@ -193,8 +194,6 @@ def _extract_answers(dataset, data: DataSettings):
         gold = (match.group(1) if match.groups() else match.group(0)).strip().replace(",", "")
         solution = text
         if data.solution_answer_line:
-            from ntp_rl.rewards.completions import ANSWER_LINE_PREFIX
-
             before = text[: match.start()]
             if before and not before.endswith("\n"):
                 before += "\n"

@@ -11,19 +11,17 @@ the manifest and markers.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
-import platform
 import shutil
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ntp_rl.common import package_versions, utc_now, write_json_atomic
 from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage
 from ntp_rl.errors import UserError
 from ntp_rl.stages.common import StageContext, read_completion, write_completion
@@ -31,7 +29,6 @@ from ntp_rl.stages.common import StageContext, read_completion, write_completion
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-TRACKED_PACKAGES = ("ntp-rl", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify")
 
 
 def _reset_peak_rss() -> bool:
@@ -51,8 +48,8 @@ def _release_memory() -> None:
     """Hand what earlier stages freed back to the OS before the next stage starts.
 
     A finished stage's trainer and models are garbage (reference cycles: `gc.collect`), but glibc keeps
-    freed heap mapped, so the next stage would start, and peak, that much higher: the eval after GRPO
-    peaked at 3.9 GiB in a quickstart run, 1.8 GiB when run alone. `malloc_trim(0)` returns it.
+    freed heap mapped, so the next stage would start, and peak, that much higher (an eval after GRPO
+    peaked far higher than the same eval run alone). `malloc_trim(0)` returns it.
     """
     import ctypes
     import gc
@@ -74,26 +71,6 @@ def _peak_rss_mib() -> float | None:
     except OSError:
         pass
     return None
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def _existing_hash(run_dir: Path) -> str | None:
@@ -173,7 +150,7 @@ class Manifest:
         else:
             self.data = {
                 "name": run_dir.name,
-                "created_at": _now(),
+                "created_at": utc_now(),
                 "recipe_file": str(recipe_path),
                 "config_hash": recipe.config_hash(),
                 "config": recipe.model_dump(mode="json"),
@@ -192,7 +169,7 @@ class Manifest:
 
     def save(self) -> None:
         if self.is_main:
-            _write_json_atomic(self.path, self.data)
+            write_json_atomic(self.path, self.data)
 
 
 def _run_stage(ctx: StageContext) -> dict[str, Any]:
@@ -315,7 +292,7 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
         _release_memory()
         started = time.time()
         measure_memory = _reset_peak_rss()
-        manifest.update_stage(stage.stage_name, status="running", started_at=_now())
+        manifest.update_stage(stage.stage_name, status="running", started_at=utc_now())
         try:
             results = _run_stage(ctx)
         except BaseException as exc:
@@ -333,7 +310,7 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
             write_completion(ctx.stage_dir, results)
         state.wait_for_everyone()
         manifest.update_stage(
-            stage.stage_name, status="complete", finished_at=_now(), seconds=seconds, results=results
+            stage.stage_name, status="complete", finished_at=utc_now(), seconds=seconds, results=results
         )
         earlier[stage.stage_name] = results
     return run_dir

@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# The prefix of the canonical final-answer line. The synthetic tasks and SFT data end their
-# responses with it, the math reward reads the answer after it and the format reward checks it.
-ANSWER_LINE_PREFIX = "Answer:"
+from ntp_rl.common import ANSWER_LINE_PREFIX  # the canonical final-answer line: the math reward reads it
 
 _ANSWER_MARKER = re.compile(r"^[ \t]*" + re.escape(ANSWER_LINE_PREFIX), re.MULTILINE)
 

@@ -261,7 +261,7 @@ def test_kl_and_nll_by_hand(tiny_model_path):
 
 
 def test_checkpoints_share_one_base_and_find_it(run, tiny_model_path, tmp_path):
-    from ntp_rl.evaluation.checkpoints import LoadedGroup, group_by_base, resolve_checkpoint
+    from ntp_rl.checkpoints import LoadedGroup, group_by_base, resolve_checkpoint
     from ntp_rl.models import load_causal_lm
 
     specs = [("base", "tiny"), ("a", str(run / "sft")), ("b", str(run / "sft" / "adapter"))]
@@ -318,7 +318,7 @@ def test_generation_from_the_merged_adapter_matches_the_unmerged_one(run, tmp_pa
     """In float32 merging is exact to rounding: the merged copy computes what the adapter does."""
     import torch
 
-    from ntp_rl.evaluation.checkpoints import LoadedGroup, resolve_checkpoint
+    from ntp_rl.checkpoints import LoadedGroup, resolve_checkpoint
 
     base, sft = resolve_checkpoint("base", "tiny"), resolve_checkpoint("sft", str(run / "sft"))
     group = LoadedGroup(sft.base, [base, sft], "float32", False)

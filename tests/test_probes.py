@@ -10,13 +10,13 @@ import random
 import pytest
 import torch
 
+from ntp_rl.probe_settings import ProbeSettings
 from ntp_rl.probes.answer import bucket_edges, probe_answers
 from ntp_rl.probes.credit import gradient_credit
 from ntp_rl.probes.distance import distance_from_ntp
 from ntp_rl.probes.future import future_token_probe, shared_prefix_length
 from ntp_rl.probes.linear import probe_layers, split_groups
 from ntp_rl.probes.rhyme import FAMILIES, couplets, last_word, rhyme_family, score_second_lines, second_line
-from ntp_rl.probes.settings import ProbeSettings
 from ntp_rl.probes.texts import integer_answer
 
 ALPHABET = list(range(1000, 1016))  # 16 token ids of the default tokenizer

@@ -85,7 +85,7 @@ def test_model_loader_asks_for_safetensors(monkeypatch):
 
 
 def test_eval_and_rewards_check_refuse_a_pickled_adapter_before_loading_a_model(tmp_path):
-    from ntp_rl.evaluation.checkpoints import Checkpoint, LoadedGroup
+    from ntp_rl.checkpoints import Checkpoint, LoadedGroup
     from ntp_rl.rewards_check import Policy, load_policy
 
     adapter = _adapter_folder(tmp_path / "a", "adapter_model.bin")

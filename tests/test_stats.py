@@ -94,8 +94,8 @@ def test_bootstrap_ratio_ci_weighs_tokens_and_resamples_items():
 
 
 def test_ranking_agreement_by_hand():
+    from ntp_rl.evaluation.formatting import ranking_agreement_rows
     from ntp_rl.evaluation.metrics import ranking_agreement, reward_stats
-    from ntp_rl.evaluation.report import ranking_agreement_rows
 
     rewards = [
         [2.0, 1.0, 0.0, None],  # right: 2.0, 0.0; wrong: 1.0 (None unscored) -> pairs (2>1), (0<1): 0.5

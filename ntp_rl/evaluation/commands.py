@@ -9,10 +9,10 @@ output folder (a folder that holds a report is refused, exit 2), the data and th
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.common import utc_stamp
 from ntp_rl.errors import UserError
 from ntp_rl.evaluation.report import REPORT_JSON, check_out_dir
 
@@ -21,7 +21,7 @@ DEFAULT_EVAL_ROOT = Path("runs") / "eval"
 
 def default_out_dir(prefix: str = "") -> Path:
     """runs/eval/<prefix><UTC timestamp>, with -2, -3, ... when that folder is taken."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     candidate = DEFAULT_EVAL_ROOT / f"{prefix}{stamp}"
     suffix = 2
     while candidate.exists():
@@ -38,7 +38,7 @@ def eval_command(
     dtype: str = "float32",
     trust_remote_code: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    from ntp_rl.evaluation.checkpoints import parse_model_args, resolve_checkpoint
+    from ntp_rl.checkpoints import parse_model_args, resolve_checkpoint
     from ntp_rl.evaluation.harness import run_suite
     from ntp_rl.evaluation.suite import load_suite
 

@@ -26,16 +26,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.checkpoints import Checkpoint, LoadedGroup, group_by_base, reference_label
+from ntp_rl.common import package_versions, utc_now
 from ntp_rl.errors import UserError
-from ntp_rl.evaluation.checkpoints import Checkpoint, LoadedGroup, group_by_base
 from ntp_rl.evaluation.metrics import MetricModules, summarise
 from ntp_rl.evaluation.report import (
     REPORT_FORMAT,
     check_out_dir,
-    now,
     paired_sections,
     prompt_hashes,
-    reference_label,
     write_report,
 )
 from ntp_rl.evaluation.suite import EvalSuite
@@ -121,7 +120,7 @@ def _score(generations, rows, scorers) -> dict[str, Any]:
         for scorer in scorers:
             # In calls of at most SCORE_CHUNK completions, about a training step's worth: a reward's
             # per-call timeout (`timeout_seconds`) was set for calls of that size, not for all of an
-            # eval's samples at once (800 of them took a reward model past 120 s on one CPU thread).
+            # eval's samples at once, which a learned reward model can take far longer to score.
             values = []
             for start in range(0, len(completions), SCORE_CHUNK):
                 chunk = slice(start, start + SCORE_CHUNK)
@@ -171,17 +170,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    from ntp_rl.pipeline import package_versions
-
-    versions = package_versions()
-    for name in ("evaluate", "numpy"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return package_versions("evaluate", "numpy")
 
 
 def run_suite(
@@ -367,7 +356,7 @@ def run_suite(
             else None,
         },
         "provenance": {
-            "created_at": now(),
+            "created_at": utc_now(),
             "command": " ".join(sys.argv) if sys.argv else None,
             "suite_file": str(suite_file) if suite_file else None,
             "suite": suite.model_dump(mode="json"),

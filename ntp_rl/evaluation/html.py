@@ -14,7 +14,7 @@ import json
 from html import escape
 from typing import Any
 
-from ntp_rl.evaluation.report import _num_ci, _pct_ci, ranking_agreement_rows, settings_line
+from ntp_rl.evaluation.formatting import num_ci, pct_ci, ranking_agreement_rows, settings_line
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -174,13 +174,13 @@ def render_html(report: dict[str, Any]) -> str:
         rows.append(
             [
                 name,
-                _pct_ci(s.get("greedy_accuracy"), s.get("greedy_accuracy_ci")),
-                _pct_ci(s.get("sampled_pass1"), s.get("sampled_pass1_ci")),
-                _pct_ci(s.get(f"{mode}_parse_failure_rate"), s.get(f"{mode}_parse_failure_rate_ci")),
-                _pct_ci(s.get(f"{mode}_truncation_rate"), s.get(f"{mode}_truncation_rate_ci")),
+                pct_ci(s.get("greedy_accuracy"), s.get("greedy_accuracy_ci")),
+                pct_ci(s.get("sampled_pass1"), s.get("sampled_pass1_ci")),
+                pct_ci(s.get(f"{mode}_parse_failure_rate"), s.get(f"{mode}_parse_failure_rate_ci")),
+                pct_ci(s.get(f"{mode}_truncation_rate"), s.get(f"{mode}_truncation_rate_ci")),
                 f"{s.get(f'{mode}_mean_tokens', 0):.1f}",
-                _num_ci(s.get("kl_to_base")),
-                _num_ci(s.get("reference_nll"), 3),
+                num_ci(s.get("kl_to_base")),
+                num_ci(s.get("reference_nll"), 3),
             ]
         )
     parts += [
@@ -207,8 +207,8 @@ def render_html(report: dict[str, Any]) -> str:
     if ks:
         rows = [
             [name]
-            + [_pct_ci(s.get("pass_at_k", {}).get(k), (s.get("pass_at_k_ci") or {}).get(k)) for k in ks]
-            + [_pct_ci(s.get("maj_at_k", {}).get(k), (s.get("maj_at_k_ci") or {}).get(k)) for k in ks]
+            + [pct_ci(s.get("pass_at_k", {}).get(k), (s.get("pass_at_k_ci") or {}).get(k)) for k in ks]
+            + [pct_ci(s.get("maj_at_k", {}).get(k), (s.get("maj_at_k_ci") or {}).get(k)) for k in ks]
             for name, s in summary.items()
         ]
         parts += ["<h2>pass@k and maj@k (sampled)</h2>"]
@@ -220,7 +220,7 @@ def render_html(report: dict[str, Any]) -> str:
     scorers = sorted({r for s in summary.values() for m in s.get("rewards", {}).values() for r in m})
     if scorers:
         rows = [
-            [name, mode] + [_num_ci(rewards.get(r), 3) for r in scorers]
+            [name, mode] + [num_ci(rewards.get(r), 3) for r in scorers]
             for name, s in summary.items()
             for mode, rewards in s.get("rewards", {}).items()
         ]
@@ -247,7 +247,7 @@ def render_html(report: dict[str, Any]) -> str:
                 + [f"{lengths[k]:.1f}" for k in ("mean", "median", "p90")]
                 + [
                     str(lengths["max"]),
-                    _pct_ci(lengths["truncation_rate"], lengths.get("truncation_rate_ci")),
+                    pct_ci(lengths["truncation_rate"], lengths.get("truncation_rate_ci")),
                 ]
             )
     if rows:

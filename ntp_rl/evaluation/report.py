@@ -13,24 +13,21 @@ examples each way with both completions.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.checkpoints import reference_label
+from ntp_rl.common import utc_now, write_json_atomic
 from ntp_rl.errors import UserError
+from ntp_rl.evaluation.formatting import md_cell, num_ci, pct, pct_ci, ranking_agreement_rows, settings_line
 from ntp_rl.stats import mcnemar_exact, paired_bootstrap_diff
 
 REPORT_FORMAT = "ntp-rl-eval-report/1"
 REPORT_JSON, REPORT_MD, REPORT_HTML, SAMPLES = "report.json", "report.md", "report.html", "samples.jsonl"
 REPORT_FILES = (REPORT_JSON, REPORT_MD, REPORT_HTML, SAMPLES)
-BASE = "base"
 MAX_DISAGREEMENTS = 12  # side-by-side items in the HTML report
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def check_out_dir(out: Path) -> None:
@@ -55,10 +52,6 @@ def prompt_hashes(prompts: list[Any]) -> list[str]:
         hashlib.sha256(json.dumps(p, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
         for p in prompts
     ]
-
-
-def reference_label(labels: list[str]) -> str:
-    return BASE if BASE in labels else labels[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,67 +160,6 @@ def paired_sections(items: dict[str, Any], labels: list[str], seed: int, max_exa
 # Text renderings
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None or x != x else f"{100 * x:.1f}"
-
-
-def _pct_ci(value: float | None, ci: list | tuple | None) -> str:
-    if value is None:
-        return "-"
-    if not ci or ci[0] is None:
-        return _pct(value)
-    return f"{_pct(value)} [{_pct(ci[0])}, {_pct(ci[1])}]"
-
-
-def ranking_agreement_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """[checkpoint, mode, scorer, agreement [CI], prompts, pairs] rows, for the Markdown and HTML reports."""
-    rows = []
-    for name, s in summary.items():
-        for mode, rewards in s.get("rewards", {}).items():
-            for scorer, entry in sorted(rewards.items()):
-                agreement = entry.get("ranking_agreement")
-                if agreement:
-                    rows.append(
-                        [
-                            name,
-                            mode,
-                            scorer,
-                            _num_ci(agreement, 3),
-                            str(agreement["items"]),
-                            str(agreement["pairs"]),
-                        ]
-                    )
-    return rows
-
-
-def _num_ci(entry: dict | None, digits: int = 4) -> str:
-    if not entry or entry.get("value") is None or entry["value"] != entry["value"]:
-        return "-"
-    ci = entry.get("ci") or [None, None]
-    if ci[0] is None or ci[0] != ci[0]:
-        return f"{entry['value']:.{digits}f}"
-    return f"{entry['value']:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
-def _md_cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def settings_line(report: dict[str, Any]) -> str:
-    generation = report.get("generation") or report.get("settings", {})
-    modes = []
-    if generation.get("greedy", True):
-        modes.append("greedy")
-    if generation.get("num_samples"):
-        modes.append(
-            f"{generation['num_samples']} samples per item at temperature {generation.get('temperature')}"
-        )
-    return (
-        f"{report['num_items']} items of `{report['data_source']}` (split `{report['split']}`); "
-        f"{' and '.join(modes)}, max {generation.get('max_new_tokens')} new tokens, seed {generation.get('seed')}."
-    )
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     title = report.get("title") or f"{report.get('run')} / {report.get('stage')}"
     lines = [f"# Eval: {title}", "", settings_line(report), ""]
@@ -238,16 +170,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for name, s in report["summary"].items():
         mode = "greedy" if "greedy_mean_tokens" in s else "sampled"
-        failed = _pct_ci(
+        failed = pct_ci(
             s.get("greedy_parse_failure_rate", s.get("sampled_parse_failure_rate")),
             s.get("greedy_parse_failure_rate_ci", s.get("sampled_parse_failure_rate_ci")),
         )
         lines.append(
-            f"| {_md_cell(name)} | {_pct_ci(s.get('greedy_accuracy'), s.get('greedy_accuracy_ci'))} "
-            f"| {_pct_ci(s.get('sampled_pass1'), s.get('sampled_pass1_ci'))} | {failed} "
-            f"| {_pct_ci(s.get(f'{mode}_truncation_rate'), s.get(f'{mode}_truncation_rate_ci'))} "
-            f"| {s.get(f'{mode}_mean_tokens', 0):.1f} | {_num_ci(s.get('kl_to_base'))} "
-            f"| {_num_ci(s.get('reference_nll'), 3)} |"
+            f"| {md_cell(name)} | {pct_ci(s.get('greedy_accuracy'), s.get('greedy_accuracy_ci'))} "
+            f"| {pct_ci(s.get('sampled_pass1'), s.get('sampled_pass1_ci'))} | {failed} "
+            f"| {pct_ci(s.get(f'{mode}_truncation_rate'), s.get(f'{mode}_truncation_rate_ci'))} "
+            f"| {s.get(f'{mode}_mean_tokens', 0):.1f} | {num_ci(s.get('kl_to_base'))} "
+            f"| {num_ci(s.get('reference_nll'), 3)} |"
         )
     ks = sorted({k for s in report["summary"].values() for k in s.get("pass_at_k", {})}, key=int)
     if ks:
@@ -261,22 +193,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         lines += ["|---" * (1 + 2 * len(ks)) + "|"]
         for name, s in report["summary"].items():
-            cells = [_pct(s.get("pass_at_k", {}).get(k)) for k in ks] + [
-                _pct(s.get("maj_at_k", {}).get(k)) for k in ks
+            cells = [pct(s.get("pass_at_k", {}).get(k)) for k in ks] + [
+                pct(s.get("maj_at_k", {}).get(k)) for k in ks
             ]
-            lines.append(f"| {_md_cell(name)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_cell(name)} | " + " | ".join(cells) + " |")
     scorers = sorted(
         {r for s in report["summary"].values() for m in s.get("rewards", {}).values() for r in m}
     )
     if scorers:
         lines += ["", "## Mean reward per scorer [95% CI]", ""]
-        lines += ["| checkpoint | mode | " + " | ".join(_md_cell(r) for r in scorers) + " |"]
+        lines += ["| checkpoint | mode | " + " | ".join(md_cell(r) for r in scorers) + " |"]
         lines += ["|---|---" + "|---" * len(scorers) + "|"]
         for name, s in report["summary"].items():
             for mode, rewards in s.get("rewards", {}).items():
                 lines.append(
-                    f"| {_md_cell(name)} | {mode} | "
-                    + " | ".join(_num_ci(rewards.get(r), 3) for r in scorers)
+                    f"| {md_cell(name)} | {mode} | "
+                    + " | ".join(num_ci(rewards.get(r), 3) for r in scorers)
                     + " |"
                 )
         agreement = ranking_agreement_rows(report["summary"])
@@ -290,7 +222,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "| checkpoint | mode | scorer | agreement [95% CI] | prompts | pairs |",
                 "|---|---|---|---|---|---|",
             ]
-            lines += [f"| {' | '.join(_md_cell(c) for c in row)} |" for row in agreement]
+            lines += [f"| {' | '.join(md_cell(c) for c in row)} |" for row in agreement]
     if report.get("comparisons"):
         lines += ["", "## Paired comparisons (same items)", ""]
         lines += [
@@ -302,7 +234,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 diff = f"{100 * values['diff']:+.1f} [{100 * values['ci_low']:+.1f}, {100 * values['ci_high']:+.1f}]"
                 flips_ = (values.get("wrong_to_right", "-"), values.get("right_to_wrong", "-"))
                 p = f"{values['p_value']:.3g}" if "p_value" in values else "-"
-                lines.append(f"| {_md_cell(label)} | {metric} | {diff} | {flips_[0]} | {flips_[1]} | {p} |")
+                lines.append(f"| {md_cell(label)} | {metric} | {diff} | {flips_[0]} | {flips_[1]} | {p} |")
     elif report.get("note"):
         lines += ["", f"_{report['note']}_"]
     for label, flip in (report.get("flips") or {}).items():
@@ -310,10 +242,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"wrong->right: {flip['wrong_to_right']}, right->wrong: {flip['right_to_wrong']}"]
         for kind, examples in flip["examples"].items():
             for example in examples:
-                lines += ["", f"**{kind} #{example['index']}** (gold `{_md_cell(example['answer'])}`)", ""]
+                lines += ["", f"**{kind} #{example['index']}** (gold `{md_cell(example['answer'])}`)", ""]
                 lines += ["```text", example["prompt"].replace("```", "'''"), "```"]
                 for who, text in example["completions"].items():
-                    lines += [f"*{_md_cell(who)}:*", "```text", str(text).replace("```", "'''"), "```"]
+                    lines += [f"*{md_cell(who)}:*", "```text", str(text).replace("```", "'''"), "```"]
     if report.get("beyond_ntp"):
         from ntp_rl.probes.render import render_markdown_section
 
@@ -323,9 +255,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Provenance", ""]
         for key in ("created_at", "suite_file", "chat_template_sha256", "command"):
             if provenance.get(key):
-                lines.append(f"- {key}: `{_md_cell(provenance[key])}`")
+                lines.append(f"- {key}: `{md_cell(provenance[key])}`")
         for label, model in (provenance.get("models") or {}).items():
-            lines.append(f"- model {_md_cell(label)}: `{_md_cell(json.dumps(model))}`")
+            lines.append(f"- model {md_cell(label)}: `{md_cell(json.dumps(model))}`")
         versions = provenance.get("versions") or {}
         if versions:
             lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
@@ -338,9 +270,9 @@ def summary_text(report: dict[str, Any]) -> str:
     for name, summary in report["summary"].items():
         bits = []
         if "greedy_accuracy" in summary:
-            bits.append(f"greedy {_pct(summary['greedy_accuracy'])}%")
+            bits.append(f"greedy {pct(summary['greedy_accuracy'])}%")
         if "sampled_pass1" in summary:
-            bits.append(f"sampled pass@1 {_pct(summary['sampled_pass1'])}%")
+            bits.append(f"sampled pass@1 {pct(summary['sampled_pass1'])}%")
         parts.append(f"{name}: " + ", ".join(bits))
     for label, comparison in report["comparisons"].items():
         for metric, values in comparison.items():
@@ -383,9 +315,7 @@ def write_report(report: dict[str, Any], out: Path, overwrite: bool = False) -> 
     paths[REPORT_HTML].write_text(render_html(report), encoding="utf-8")
     write_samples(report, paths[SAMPLES])
     # The source of truth is written last: a folder with report.json holds a complete report.
-    tmp = out / f".{REPORT_JSON}.tmp"
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(paths[REPORT_JSON])
+    write_json_atomic(paths[REPORT_JSON], report, indent=1)
     return paths
 
 
@@ -509,7 +439,7 @@ def compare_reports(paths: list[Path], out: Path, seed: int = 0, max_examples: i
     if beyond_ntp is not None:
         combined["beyond_ntp"] = beyond_ntp
     combined["provenance"] = {
-        "created_at": now(),
+        "created_at": utc_now(),
         "command": "ntp-rl compare",
         "sources": [
             {"path": str(path), "labels": mapping, "provenance": report.get("provenance")}

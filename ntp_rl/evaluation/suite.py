@@ -33,7 +33,7 @@ from ntp_rl.config import (
     read_yaml,
 )
 from ntp_rl.errors import UserError
-from ntp_rl.probes.settings import ProbeSettings
+from ntp_rl.probe_settings import ProbeSettings
 
 SUITE_DIR_NAME = "eval"
 METRICS_DIR_NAME = "metrics"
@@ -143,7 +143,7 @@ class EvalSuite(StrictModel):
     score_batch_size: int = Field(8, gt=0)
     # Examples of each kind of flip (wrong->right, right->wrong) kept in the report.
     flip_examples: int = Field(3, ge=0)
-    # Instruments beyond next-token prediction (ntp_rl/probes/settings.py), reported as `beyond_ntp`:
+    # Instruments beyond next-token prediction (ntp_rl/probe_settings.py), reported as `beyond_ntp`:
     # {future: {k: 3}, answer: true, rhyme: true, credit: {texts: 8}}, or `true` for all; off when null.
     probes: ProbeSettings | None = None
 

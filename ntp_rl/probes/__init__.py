@@ -11,7 +11,7 @@ Each instrument is one file and says in its docstring what it measures and what 
   with a stop-gradient control that must show none beyond t+1.
 - `distance.py`: NLL of reference text and KL to the base against the reward gained.
 
-Shared parts: `settings.py` (the `probes:` block of an eval suite or eval stage), `texts.py` (text
+Shared parts (the `probes:` block of a suite or eval stage is `ntp_rl/probe_settings.py`): `texts.py` (text
 sources), `hidden.py` (hidden states at chosen positions), `linear.py` (the ridge probe and its
 baselines), `run.py` (every instrument over a set of checkpoints -> the report's `beyond_ntp`
 section), `render.py` (Markdown, HTML, plots) and `commands.py` (`ntp-rl probe ...`).

@@ -15,13 +15,13 @@ truth), `probe.md` and the plots as PNG files; one that holds a probe report alr
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.common import utc_now, utc_stamp, write_json_atomic
 from ntp_rl.errors import UserError
 
 PROBE_FORMAT = "ntp-rl-probe-report/1"
@@ -37,7 +37,7 @@ HELP = {
 
 def _option(parser: argparse.ArgumentParser, flag: str, kind: Any, what: str, instrument: str | None) -> None:
     """A flag whose help shows its default, read from settings.py (the one place defaults live)."""
-    from ntp_rl.probes.settings import ProbeSettings
+    from ntp_rl.probe_settings import ProbeSettings
 
     field = flag.removeprefix("--").replace("-", "_")
     owner: Any = ProbeSettings
@@ -107,7 +107,7 @@ def settings_from_args(args: argparse.Namespace):
     """The `ProbeSettings` of one instrument from its flags (UserError naming a bad flag)."""
     from pydantic import ValidationError
 
-    from ntp_rl.probes.settings import ProbeSettings
+    from ntp_rl.probe_settings import ProbeSettings
 
     name = args.instrument
     instrument = {f: getattr(args, f) for f in _ARGUMENT_FIELDS[name] if getattr(args, f, None) is not None}
@@ -129,7 +129,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def default_out_dir(instrument: str) -> Path:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     candidate, suffix = DEFAULT_PROBE_ROOT / f"{stamp}-{instrument}", 2
     while candidate.exists():
         candidate = DEFAULT_PROBE_ROOT / f"{stamp}-{instrument}-{suffix}"
@@ -162,14 +162,12 @@ def write_probe_report(report: dict[str, Any], out: Path) -> Path:
         + render_markdown_section(report["beyond_ntp"], images)
     )
     (out / PROBE_MD).write_text(text, encoding="utf-8")
-    tmp = out / f".{PROBE_JSON}.tmp"
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(out / PROBE_JSON)
+    write_json_atomic(out / PROBE_JSON, report, indent=1)
     return out / PROBE_JSON
 
 
 def probe_command(args: argparse.Namespace) -> int:
-    from ntp_rl.evaluation.checkpoints import parse_model_args, resolve_checkpoint
+    from ntp_rl.checkpoints import parse_model_args, resolve_checkpoint
     from ntp_rl.probes.render import render_markdown_section
     from ntp_rl.probes.run import beyond_ntp_section, load_and_probe, prepare_inputs
 
@@ -184,7 +182,7 @@ def probe_command(args: argparse.Namespace) -> int:
     report = {
         "format": PROBE_FORMAT,
         "instrument": args.instrument,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_now(),
         "command": " ".join(["ntp-rl", *sys.argv[1:]]) if sys.argv else "ntp-rl probe",
         "models": {c.label: c.describe() for c in checkpoints},
         "dtype": args.dtype,

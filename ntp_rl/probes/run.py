@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ntp_rl.errors import UserError
-from ntp_rl.probes.settings import ProbeSettings
+from ntp_rl.probe_settings import ProbeSettings
 from ntp_rl.probes.texts import Text, encode_text, load_answer_items, load_texts
 
 logger = logging.getLogger(__name__)
@@ -132,11 +132,10 @@ def load_and_probe(
 ) -> dict[str, dict[str, Any]]:
     """Load each checkpoint in turn, its adapter merged into the weights, and probe it.
 
-    Merged weights make a plain forward pass, about twice as fast on CPU as one through LoRA
-    wrappers; the eval harness, which has its models loaded already, probes adapters in place.
+    Merged weights make a plain forward pass, without the LoRA wrappers' extra operations; the eval
+    harness, which has its models loaded already, probes adapters in place.
     """
-    from ntp_rl.evaluation.checkpoints import LoadedGroup
-    from ntp_rl.evaluation.report import reference_label
+    from ntp_rl.checkpoints import LoadedGroup, reference_label
 
     reference = reference_label([c.label for c in checkpoints])
     results: dict[str, dict[str, Any]] = {}

@@ -27,6 +27,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ntp_rl.common import write_json_atomic
 from ntp_rl.config import Recipe, StageBase, build_dataclass, trainer_config_class
 from ntp_rl.errors import TrainingDiverged
 
@@ -131,6 +132,8 @@ def checkpoint_is_complete(path: Path) -> bool:
 def last_checkpoint(stage_dir: Path, is_main_process: bool = True) -> str | None:
     """The newest complete trainer checkpoint of a stage, if any (for resuming an interrupted stage).
 
+    Kept, not transformers' `get_last_checkpoint`: that returns the newest `checkpoint-N` folder
+    whether or not its save finished, and resuming from one killed mid-save fails (transformers#35782).
     A newer checkpoint that is incomplete (the process was killed while saving it) is skipped and,
     by the main process, renamed to `checkpoint-N.incomplete-<time>`: kept for inspection, and out
     of the way of the trainer, which will write `checkpoint-N` afresh when it gets there again.
@@ -286,6 +289,4 @@ def read_completion(stage_dir: Path) -> dict[str, Any] | None:
 
 
 def write_completion(stage_dir: Path, results: dict[str, Any]) -> None:
-    tmp = stage_dir / f".{COMPLETE_MARKER}.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    tmp.replace(stage_dir / COMPLETE_MARKER)
+    write_json_atomic(stage_dir / COMPLETE_MARKER, results)

@@ -16,10 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.checkpoints import BASE, Checkpoint
 from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RewardSpecSettings, RlStage, TrainingStage
 from ntp_rl.errors import UserError
-from ntp_rl.evaluation.checkpoints import Checkpoint
-from ntp_rl.evaluation.report import BASE, render_markdown, summary_text
+from ntp_rl.evaluation.report import render_markdown, summary_text
 from ntp_rl.evaluation.suite import (
     EvalSuite,
     GenerationSettings,

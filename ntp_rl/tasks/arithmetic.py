@@ -20,11 +20,13 @@ import functools
 import hashlib
 import random
 
-ANSWER_LINE_PREFIX = "Answer:"
+from ntp_rl.common import ANSWER_LINE_PREFIX
+
 ANSWER_INSTRUCTION = "Give the final answer on the last line as 'Answer: <number>'."
 SPLITS = ("train", "test")
 SINGLE_STEP_OPERATIONS = ("add", "sub", "mul")
-# Share of problem keys held out for "test": 20 % leaves 837 add, 811 sub and 156 mul test problems.
+# Share of problem keys held out for "test": enough test problems of each operation for a paired
+# comparison (products have the fewest keys), the rest for training.
 TEST_FRACTION = 0.2
 
 NAMES = ("Ava", "Liam", "Maya", "Noah", "Zara", "Omar", "Lena", "Kenji", "Priya", "Mateo",

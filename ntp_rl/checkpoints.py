@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+BASE = "base"  # the label of the base model, the reference of paired comparisons and probes
+
+
+def reference_label(labels: list[str]) -> str:
+    """The checkpoint the others are compared with: the base model when it is evaluated, else the first."""
+    return BASE if BASE in labels else labels[0]
 
 
 @dataclass
@@ -190,8 +196,8 @@ class LoadedGroup:
     def for_generation(self, checkpoint: Checkpoint, merge: bool = True) -> Iterator[Any]:
         """The model as `checkpoint` for generate(): with `merge`, a copy with its adapter merged in.
 
-        Unmerged LoRA runs a dozen small extra operations per layer and token; merged, generation on a
-        CPU ran about 1.7x faster (the default model, 32 sequences). The copy leaves the shared model
+        Unmerged LoRA runs a dozen small extra operations per layer and token; merged, generation runs
+        none of them (see `generation.merged_copy`). The copy leaves the shared model
         untouched (merging in place and unmerging again would not restore bf16 weights exactly); it is
         dropped on exit. Merged weights are rounded once to the model dtype, as in any merged export.
         """

@@ -10,7 +10,8 @@ defaults are sized for the default model (135M) on 2 CPU cores: each instrument 
 minute per checkpoint there. The distance-from-NTP plot costs nothing (it reads the report's own
 NLL, KL and accuracy) and is on whenever the block is.
 
-This module imports only pydantic, so that `ntp_rl.config` can use it without a cycle.
+It sits beside `ntp_rl.config` (which includes it in an eval stage), outside the `probes` package,
+so that loading a recipe never imports the instruments.
 """
 
 from __future__ import annotations
