@@ -44,11 +44,10 @@ class Generation:
 def merged_copy(model):
     """A copy of a PEFT model with its active adapter merged into the weights, for fast sampling.
 
-    Unmerged LoRA adds a dozen small operations per layer and token: on a CPU, generation from the
-    merged copy ran about 1.1x faster (the default model, 32 sequences, bf16; 1.7x before
-    `models.contiguous_output_head`). The original is untouched
-    (merging in place and unmerging again does not restore bf16 weights exactly). A plain model is
-    returned as it is.
+    Unmerged LoRA adds a dozen small operations per layer and token, which dominate decoding a small
+    model on a CPU; the merged copy runs none of them (docs/LOG.md has the measured gain). The
+    original is untouched (merging in place and unmerging again does not restore bf16 weights
+    exactly). A plain model is returned as it is.
     """
     if not hasattr(model, "merge_and_unload"):
         return model

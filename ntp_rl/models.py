@@ -258,8 +258,8 @@ def contiguous_output_head(model) -> None:
     in `generate`, the completion positions in TRL's log-prob pass). The slice is a strided view, and
     when the head's weight is frozen (LoRA, a merged copy) `torch.matmul` cannot fold it into one
     matrix product: it broadcasts the weight over the batch instead and copies it, `batch x vocab x
-    hidden` elements. On the default model with 32 sequences that was a 1.7 GB transient and about
-    a second per generate call on a CPU. Copying the small slice instead costs next to nothing.
+    hidden` elements, a transient the size of many copies of the head, on every generate call.
+    Copying the small slice instead costs next to nothing.
     """
     head = model.get_output_embeddings()
     if head is not None:

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 
-# Starting the child imports sympy and math-verify and warms the LaTeX grammar: about 0.5 s on one
+# Starting the child imports sympy and math-verify and warms the LaTeX grammar: quick on an idle
 # core, far longer on a loaded machine, hence the wide margin.
 WORKER_START_TIMEOUT_SECONDS = 120.0
 

@@ -12,7 +12,7 @@ How an answer is read:
    `\\boxed{42}`), they are compared exactly as decimals, in this process (a few microseconds).
 3. Otherwise math-verify parses and compares, in a child process with a deadline (see
    `_math_worker.py`): a sample past `MATH_VERIFY_TIMEOUT_SECONDS` scores 0.0 and counts as a parse
-   failure ("timeout"). The round trip to the child costs about 20 us; math-verify itself 0.5-3 ms.
+   failure ("timeout"). The round trip to the child is small beside math-verify's own work.
 
 A gold answer that cannot be parsed is a data error (`GoldAnswerError`), never a free reward or a
 silently skipped row; `check_gold_answers` finds such rows before training.
