@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +233,8 @@ class SampleLogCallback(TrainerCallback):
 
     Reads the trainer's completion buffer (the same one TRL prints with `log_completions`); if a TRL
     version lacks it, sample logging is skipped rather than failing a run.
+    Kept (checked with TRL 1.16): no public option hands completions to a callback; `log_completions`
+    prints them to the console and writes parquet files for GRPO only (nothing for RLOO).
     """
 
     def __init__(self, path: Path):
@@ -268,12 +269,11 @@ def check_hold_out(count: int, rows: int, where: str) -> None:
 
 
 def hold_out(train, count: int, seed: int, where: str):
-    """(training rows, `count` held-out rows): a seeded draw, the rest kept in their order."""
-    check_hold_out(count, len(train), where)
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    held = sorted(order[:count])
-    return train.select(sorted(order[count:])), train.select(held)
+    """(training rows, `count` held-out rows): a seeded draw by `datasets`' own `train_test_split`."""
+    check_hold_out(count, len(train), where)  # a message naming the stage, before datasets' ValueError
+    # In memory: no indices cache files written next to a hub data set's cache.
+    split = train.train_test_split(test_size=count, seed=seed, keep_in_memory=True)
+    return split["train"], split["test"]
 
 
 def heldout_eval_defaults(stage: RlStage) -> dict[str, Any]:
