@@ -65,10 +65,9 @@ def load_items(suite: EvalSuite, data_base_dir: Path | None) -> Any:
 
 
 def resolve_scorers(suite: EvalSuite, columns: list[str], base_dir: Path | None) -> list[Any]:
-    from ntp_rl.rewards.registry import RewardSpec, resolve_rewards
+    from ntp_rl.rewards.registry import resolve_rewards
 
-    specs = [RewardSpec(**settings.model_dump()) for settings in suite.scorers]
-    return resolve_rewards(specs, base_dir, where="scorers", available_columns=columns)
+    return resolve_rewards(suite.scorers, base_dir, where="scorers", available_columns=columns)
 
 
 def _decodings(suite: EvalSuite) -> list[tuple[str, Any]]:
@@ -89,6 +88,7 @@ SCORE_CHUNK = 64  # completions per call of a scorer
 def _score(generations, rows, scorers) -> dict[str, Any]:
     """Per-item fields of one checkpoint and mode: verdicts, answers, lengths, rewards, texts."""
     from ntp_rl.rewards.math import score_math_answer
+    from ntp_rl.rewards.scoring import score_completions
 
     golds = [str(a) for a in rows["answer"]]
     fields: dict[str, Any] = {
@@ -111,33 +111,32 @@ def _score(generations, rows, scorers) -> dict[str, Any]:
         columns = {
             name: [value for value, n in zip(rows[name], counts, strict=True) for _ in range(n)]
             for name in rows.column_names
-            if name not in ("prompt", "completion", "completion_ids")
         }
         prompts = [p for p, n in zip(rows["prompt"], counts, strict=True) for _ in range(n)]
         prompts = [p if isinstance(p, list) else [{"role": "user", "content": str(p)}] for p in prompts]
-        completions = [[{"role": "assistant", "content": t}] for g in generations for t in g.texts]
+        texts = [t for g in generations for t in g.texts]
         completion_ids = [ids for g in generations for ids in g.token_ids]
-        for scorer in scorers:
-            # In calls of at most SCORE_CHUNK completions, about a training step's worth: a reward's
-            # per-call timeout (`timeout_seconds`) was set for calls of that size, not for all of an
-            # eval's samples at once, which a learned reward model can take far longer to score.
-            values = []
-            for start in range(0, len(completions), SCORE_CHUNK):
-                chunk = slice(start, start + SCORE_CHUNK)
-                values.extend(
-                    scorer(
-                        completions=completions[chunk],
-                        prompts=prompts[chunk],
-                        completion_ids=completion_ids[chunk],
-                        trainer_state=None,
-                        log_metric=lambda *args, **kwargs: None,
-                        log_extra=lambda *args, **kwargs: None,
-                        **{name: column[chunk] for name, column in columns.items()},
-                    )
-                )
+        weights = [1.0] * len(scorers)  # the report shows each scorer's values, not their weighted sum
+        values: list[list[float | None]] = [[] for _ in scorers]
+        # In calls of at most SCORE_CHUNK completions, about a training step's worth: a reward's
+        # per-call timeout (`timeout_seconds`) was set for calls of that size, not for all of an
+        # eval's samples at once, which a learned reward model can take far longer to score.
+        for start in range(0, len(texts), SCORE_CHUNK):
+            chunk = slice(start, start + SCORE_CHUNK)
+            scores = score_completions(
+                scorers,
+                weights,
+                prompts[chunk],
+                texts[chunk],
+                completion_ids[chunk],
+                {name: column[chunk] for name, column in columns.items()},
+            )
+            for scorer_values, chunk_values in zip(values, scores.per_reward, strict=True):
+                scorer_values.extend(chunk_values)
+        for scorer, scorer_values in zip(scorers, values, strict=True):
             per_item, start = [], 0
             for n in counts:
-                per_item.append(values[start : start + n])
+                per_item.append(scorer_values[start : start + n])
                 start += n
             fields["rewards"][scorer.__name__] = per_item
     return fields
