@@ -664,11 +664,34 @@ SMOKE_RL_TRAINER = {
 }
 SMOKE_PROMPT_FILTER = {"candidates": 8, "samples": 2, "batch_size": 16}
 SMOKE_EVAL = {"max_examples": 4, "num_samples": 2, "max_new_tokens": 8, "batch_size": 8}
+# Each instrument an eval stage runs, at the smallest budget its checks accept: the probes still run
+# end to end, in seconds rather than minutes.
+SMOKE_PROBES = {
+    "future": {"texts": 4, "max_tokens": 24},
+    "answer": {"examples": 20},
+    "rhyme": {"generate": 2, "max_new_tokens": 4},
+    "credit": {"texts": 1, "max_tokens": 8},
+}
 SMOKE_DATA = {
     "max_train_examples": 16,
     "max_test_examples": 4,
     "arithmetic": {"num_train": 16, "num_test": 4},
 }
+
+
+def _smoke_probes(probes: Any) -> Any:
+    if probes is True:
+        probes = dict.fromkeys(SMOKE_PROBES, True)
+    if not isinstance(probes, dict):
+        return probes  # null, false or a mistake that validation will name
+    probes = dict(probes)
+    for name, small in SMOKE_PROBES.items():
+        value = probes.get(name)
+        if value is True:
+            probes[name] = dict(small)
+        elif isinstance(value, dict):
+            probes[name] = {**value, **small}
+    return probes
 
 
 def apply_smoke(raw: dict) -> None:
@@ -692,6 +715,8 @@ def apply_smoke(raw: dict) -> None:
         shrink_data(stage.get("data"))
         if stage.get("kind") == "eval":
             stage.update(SMOKE_EVAL)
+            if "probes" in stage:
+                stage["probes"] = _smoke_probes(stage["probes"])
             continue
         trainer = stage.setdefault("trainer", {})
         if isinstance(trainer, dict):

@@ -124,6 +124,24 @@ def test_smoke_shrinks_budgets_and_uses_tiny(tmp_path):
     assert recipe.data.arithmetic.num_train == 16
 
 
+@pytest.mark.parametrize(
+    "probes", ["true", "{future: {k: 2, texts: 64}, answer: true, rhyme: {generate: 64}, credit: {texts: 8}}"]
+)
+def test_smoke_shrinks_the_probes_an_eval_stage_runs(tmp_path, probes):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"run: {{name: p}}\nmodel: {{name_or_path: tiny}}\nstages:\n  - {{kind: eval, probes: {probes}}}\n"
+    )
+    full = load_recipe(path).stages[0].probes
+    small = load_recipe(path, smoke=True).stages[0].probes
+    assert small.enabled() == full.enabled() == ["future", "answer", "rhyme", "credit"]
+    assert small.future.texts < full.future.texts and small.future.max_tokens < full.future.max_tokens
+    assert small.answer.examples < full.answer.examples
+    assert small.rhyme.generate < full.rhyme.generate
+    assert small.credit.texts < full.credit.texts
+    assert small.future.k == full.future.k  # what the recipe asks to measure stays; only budgets shrink
+
+
 def test_config_hash_of_an_rlhf_recipe_is_stable(tmp_path):
     """Keys added to a stage kind later, left unset, do not change the hash: older runs still resume."""
     path = tmp_path / "recipe.yaml"
