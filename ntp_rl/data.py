@@ -71,11 +71,41 @@ def _load_local(data: DataSettings, path: Path, split: str):
     try:
         return load_dataset(builder, data_files={split: str(path)}, split=split)
     except Exception as exc:  # datasets raises many types for malformed files
+        reason = _json_shape_problem(path) if path.suffix.lower() == ".json" else None
         raise UserError(
-            f"{_source_label(data)}: could not read {path} as {builder}: {_root_cause(exc)}"
+            f"{_source_label(data)}: could not read {path} as {builder}: {reason or _root_cause(exc)}"
         ) from None
     finally:
         datasets_logger.setLevel(level)
+
+
+JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string", type(None): "null"}
+
+
+def _json_shape_problem(path: Path) -> str | None:
+    """Why a .json file that parses is not rows (datasets says only "DataFrame constructor not properly
+    called"); None when it does not parse as one document (JSON lines, or broken) or is too big to look at."""
+    import json
+
+    if path.stat().st_size > 64 << 20:
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if isinstance(document, list):
+        bad = next((item for item in document if not isinstance(item, dict)), None)
+        if bad is None:
+            return None
+        found = f"a list holding {JSON_KINDS.get(type(bad), 'a list')}"
+    elif isinstance(document, dict):
+        return None
+    else:
+        found = JSON_KINDS.get(type(document), type(document).__name__)
+    return (
+        'a .json file holds a list of rows ([{"prompt": ...}, ...]), an object of columns or one JSON '
+        f"object per line; this one holds {found}"
+    )
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -216,6 +246,18 @@ def require_columns(dataset, needed: list[str] | list[list[str]], where: str) ->
     )
 
 
+def require_values(dataset, columns: list[str], where: str) -> None:
+    """A null in a column the stage reads is an error naming the column and row (it would read "None")."""
+    for column in columns:
+        values = dataset.with_format("arrow")[column]  # the selected rows, without copying them to Python
+        if values.null_count:
+            first = values.is_null().to_pylist().index(True)
+            raise UserError(
+                f"{where}: column {column!r} is null in row {first} ({values.null_count} of {len(values)} "
+                "rows); fill in those values or drop the rows"
+            )
+
+
 def _as_messages(value: Any, role: str) -> list[dict[str, str]]:
     if isinstance(value, list):
         return value
@@ -229,9 +271,11 @@ def to_sft_format(dataset, where: str):
     of preference data (SFT on the chosen responses before reward modelling and RLHF).
     """
     if "messages" in dataset.column_names:
+        require_values(dataset, ["messages"], where)
         return dataset.select_columns(["messages"])
     require_columns(dataset, [["prompt", "completion"], ["prompt", "solution"], ["prompt", "chosen"]], where)
     target = next(c for c in ("completion", "solution", "chosen") if c in dataset.column_names)
+    require_values(dataset, ["prompt", target], where)
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -245,6 +289,7 @@ def to_sft_format(dataset, where: str):
 def to_prompt_format(dataset, where: str):
     """Conversational prompts (other columns kept) for RL trainers and eval."""
     require_columns(dataset, ["prompt"], where)
+    require_values(dataset, ["prompt"], where)
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         return {"prompt": _as_messages(row["prompt"], "user")}

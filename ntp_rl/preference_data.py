@@ -10,8 +10,8 @@ Accepted layouts (after `data.columns` renames):
 Rows come out conversational (`prompt` as messages, `chosen`/`rejected` as one assistant message), the
 shape TRL's `RewardTrainer` chat-templates, and the same shape `LearnedReward` scores during RL
 (prompt messages + the completion as the assistant's reply). A pair whose responses are identical
-or empty, or an HH transcript that does not end in an assistant reply, is a `UserError` naming the
-source, split, row and column, raised before any model loads; with `data.skip_invalid_pairs: true`
+or empty or whose prompt is null, or an HH transcript that does not end in an assistant reply, is a
+`UserError` naming the source, split, row and column, raised before any model loads; with `data.skip_invalid_pairs: true`
 (large public sets with a few broken rows) such rows are dropped and counted in the log instead.
 """
 
@@ -79,6 +79,8 @@ def _response_text(value: Any) -> str:
 
 
 def _convert(row: dict[str, Any], has_prompt: bool) -> dict[str, Any]:
+    if has_prompt and row["prompt"] is None:
+        raise InvalidPair("`prompt` is null")
     for column in ("chosen", "rejected"):
         if not _response_text(row[column]).strip():
             raise InvalidPair(f"`{column}` is empty")

@@ -97,3 +97,19 @@ def test_missing_columns_for_sft(tmp_path):
     rows = load_rows(DataSettings(source=str(_write_jsonl(tmp_path / "train.jsonl", ROWS))), "train", seed=0)
     with pytest.raises(UserError, match="prompt\\+completion or prompt\\+solution"):
         to_sft_format(rows, "stages[0]")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
+def test_a_byte_order_mark_is_accepted(tmp_path, fmt):
+    """Windows editors start UTF-8 files with a BOM; it is not part of the first column's name or value."""
+    rows = [{"prompt": "What is 1 + 1?", "completion": "two"}, {"prompt": "Und 2 + 2?", "completion": "vier"}]
+    text = {
+        "jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+        "json": json.dumps(rows),
+        "csv": "prompt,completion\n" + "".join(f"{r['prompt']},{r['completion']}\n" for r in rows),
+    }[fmt]
+    path = tmp_path / f"train.{fmt}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    loaded = load_rows(DataSettings(source=str(path)), "train", seed=0)
+    assert loaded.column_names == ["prompt", "completion"]
+    assert loaded.to_list() == rows
