@@ -558,6 +558,9 @@ def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
         build_dataclass(LoraConfig, recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
     except UserError as exc:
         problems.append(str(exc))
+    rank = recipe.model.lora.get("r")
+    if isinstance(rank, int) and rank < 1:  # peft accepts it; the model would fail to build an adapter
+        problems.append(f"model.lora.r: the adapter's rank must be at least 1, got {rank}")
     for index, stage in enumerate(recipe.stages):
         if not isinstance(stage, TrainingStage):
             continue
@@ -575,6 +578,11 @@ def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
             }
         except UserError as exc:
             problems.append(str(exc))
+        rate = stage.trainer.get("learning_rate")
+        if isinstance(rate, (int, float)) and rate < 0:  # TRL accepts it and trains away from the data
+            problems.append(
+                f"{path}.learning_rate: must be >= 0, got {rate}; a negative rate climbs the loss"
+            )
     if problems:
         raise UserError(f"{source}: invalid recipe:\n  " + "\n  ".join(problems))
 
