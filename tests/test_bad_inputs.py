@@ -7,6 +7,9 @@ and `case.yaml`:
     args: [recipe.yaml, stages[0].trainer.max_steps=abc]   # after `ntp-rl train` (default: [recipe.yaml])
     expect: [fragments the message must contain]
     subprocess: true   # optional: run as a real `python -m ntp_rl` process, not in-process
+    make:              # optional: small model folders built into the case folder first (no binaries
+      - {model: models/short, max_position_embeddings: 64, chat_template: true}   # in the corpus)
+      - {reward_adapter: rm, base: models/short, trained_on: {hidden_size: 32}}
 
 The case folder is copied to a temporary folder and run from there (so `runs/` and relative paths
 land inside it). Before the call, a run folder already exists where the recipe would write (with a
@@ -51,6 +54,79 @@ def _run_folder(work: Path, args: list[str]) -> tuple[Path, str]:
     return root / recipe.run.name, recipe.config_hash()
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
+
+
+def _small_model(
+    folder: Path, hidden_size: int = 16, max_position_embeddings: int = 512, chat_template: bool = True
+):
+    """A random one-layer Llama with a byte-level tokenizer (256 bytes + 3 specials): a few KB on disk."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({special: len(vocab) + i for i, special in enumerate(("<s>", "</s>", "<pad>"))})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return model, tokenizer
+
+
+def _reward_adapter(folder: Path, base: str, trained_on: dict) -> None:
+    """A reward-model LoRA adapter (SEQ_CLS) trained on a small model built from `trained_on`, whose
+    adapter_config.json names `base` as its base model."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForSequenceClassification
+
+    with tempfile.TemporaryDirectory() as other:
+        _, tokenizer = _small_model(Path(other), **trained_on)
+        model = LlamaForSequenceClassification.from_pretrained(other, num_labels=1)
+    lora = LoraConfig(
+        task_type="SEQ_CLS", r=2, target_modules=["q_proj", "v_proj"], modules_to_save=["score"]
+    )
+    get_peft_model(model, lora).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base}))
+
+
+def _make(work: Path, items: list[dict]) -> None:
+    for item in items:
+        item = dict(item)
+        if "model" in item:
+            _small_model(work / item.pop("model"), **item)
+        else:
+            _reward_adapter(work / item["reward_adapter"], item["base"], item.get("trained_on", {}))
+
+
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
     """Every file and folder under `folder` with its bytes (bytecode caches of plug-ins aside)."""
     return {
@@ -61,7 +137,10 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 def _existing_run(run_dir: Path, config_hash: str) -> None:
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError:  # the case is an output folder that cannot be made
+        return
     manifest = {"name": run_dir.name, "config_hash": config_hash, "stages": {}}
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (run_dir / "sentinel.txt").write_text("an earlier run's results\n")
@@ -71,7 +150,7 @@ def test_corpus_is_large_and_well_formed():
     assert len(CASES) >= 30
     for case_dir in CASES:
         case = yaml.safe_load((case_dir / "case.yaml").read_text())
-        assert set(case) <= {"about", "args", "expect", "subprocess"}, case_dir.name
+        assert set(case) <= {"about", "args", "expect", "subprocess", "make"}, case_dir.name
         assert case["about"] and case["expect"], case_dir.name
     assert sum(bool(yaml.safe_load((c / "case.yaml").read_text()).get("subprocess")) for c in CASES) >= 3
 
@@ -82,6 +161,7 @@ def test_bad_input_exits_2_naming_the_culprit(case_dir, tmp_path, monkeypatch, c
     args = [str(a) for a in case.get("args") or ["recipe.yaml"]]
     work = tmp_path / "case"
     shutil.copytree(case_dir, work, ignore=shutil.ignore_patterns("case.yaml"))
+    _make(work, case.get("make") or [])
     run_dir, config_hash = _run_folder(work, args)
     _existing_run(run_dir, config_hash)
     before = _snapshot(work)
