@@ -141,11 +141,27 @@ def materialise_default() -> Path:
     return _materialise(DEFAULT_MODEL_DIRNAME, _build_default)
 
 
+def _default_tokenizer(workdir: Path):
+    """The default model's tokenizer: from its folder once built, else straight from the GGUF.
+
+    The tiny model needs only the tokenizer, so a fresh cache (a test session's) does not build the
+    whole default model for it; both routes save the same tokenizer files.
+    """
+    from transformers import AutoTokenizer
+
+    default = cache_root() / "models" / DEFAULT_MODEL_DIRNAME
+    if (default / COMPLETE_MARKER).exists():
+        return AutoTokenizer.from_pretrained(str(default))
+    gguf = _find_default_gguf(workdir)
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
 def _build_tiny(out: Path) -> None:
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(str(materialise_default()))
+    with tempfile.TemporaryDirectory(dir=out.parent) as work:
+        tokenizer = _default_tokenizer(Path(work))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
