@@ -1,14 +1,19 @@
-"""SFT end to end on the tiny model through the CLI: adapter changes, loss falls, run folders behave."""
+"""SFT end to end on the tiny model through the CLI: adapter changes, loss falls, run folders behave, exports match."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
 from safetensors.torch import load_file
 
 from ntp_rl.cli import main
+from tests.conftest import REPO
+
+HASH_REWARD = str(REPO / "tests" / "plugins" / "text_hash_reward.py")
 
 SFT_RECIPE = {
     "run": {"name": "sft"},
@@ -80,8 +85,64 @@ def test_sft_trains_adapter_and_lowers_loss(write_recipe, tmp_path, tiny_model_p
     assert (stage / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
+EXPORT_PROMPTS = ["What is 12 + 30?", "Tom has 4 apples and buys 5 more. How many apples now?", "Hi"]
+# The export merges in float32 (the tiny model's dtype): each merged weight W + s*B@A is rounded once
+# to float32, where peft computes W@x + s*B@(A@x) unmerged. The two orders of the same float32 sums
+# differ by a few float32 ulps of the logits (which are of order 1 here); 1e-5 leaves room for that
+# and stays far below the adapters' own effect (asserted > 1e-3 below, so the comparison can fail).
+EXPORT_TOLERANCE = 1e-5
+ADAPTER_EFFECT = 1e-3
+
+# Loads an exported folder in a fresh interpreter where peft cannot be imported, so that only a plain
+# model folder loads; writes the logits of each prompt to argv[3] (safetensors).
+PLAIN_LOAD = """
+import json, sys
+sys.modules["peft"] = None  # import peft now raises ImportError; find_spec("peft") is None
+from safetensors.torch import save_file
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, prompts, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+assert not hasattr(model, "peft_config"), type(model)
+logits = {}
+with torch.inference_mode():
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        logits[str(i)] = model(input_ids=ids).logits[0].float().contiguous()
+save_file(logits, out)
+"""
+
+
+def _logits(model, tokenizer, prompts):
+    import torch
+
+    with torch.inference_mode():
+        return [
+            model(input_ids=tokenizer(p, return_tensors="pt").input_ids).logits[0].float() for p in prompts
+        ]
+
+
+def _plain_logits(folder, tmp_path):
+    """Logits of the exported folder, loaded without peft in a child interpreter."""
+    out = tmp_path / f"{folder.name}-logits.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    argv = [sys.executable, "-c", PLAIN_LOAD, str(folder), json.dumps(EXPORT_PROMPTS), str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logits = load_file(out)
+    return [logits[str(i)] for i in range(len(EXPORT_PROMPTS))]
+
+
+def _max_gap(left, right) -> float:
+    return max(float((a - b).abs().max()) for a, b in zip(left, right, strict=True))
+
+
 def test_export_writes_a_plain_model(write_recipe, tmp_path, tiny_model_path):
-    from transformers import AutoModelForCausalLM
+    """An sft and an rl adapter export to plain folders whose logits are base + adapter's."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe = {
         **SFT_RECIPE,
@@ -89,20 +150,49 @@ def test_export_writes_a_plain_model(write_recipe, tmp_path, tiny_model_path):
             {
                 **SFT_RECIPE["stages"][0],
                 "eval_examples": 0,
-                "trainer": {**SFT_RECIPE["stages"][0]["trainer"], "max_steps": 1},
-            }
+                "trainer": {**SFT_RECIPE["stages"][0]["trainer"], "max_steps": 2},
+            },
+            {
+                "kind": "rl",
+                "rewards": [{"path": f"{HASH_REWARD}:text_hash"}],  # every sample scores apart: RL moves
+                "trainer": {
+                    "max_steps": 1,
+                    "per_device_train_batch_size": 4,
+                    "num_generations": 4,
+                    "max_completion_length": 8,
+                    "learning_rate": 1e-2,
+                    "save_steps": 100,
+                },
+            },
         ],
     }
-    path = write_recipe(recipe)
-    assert main(["train", str(path)]) == 0
-    out = tmp_path / "exported"
-    assert main(["export", str(tmp_path / "runs" / "sft" / "sft"), "--out", str(out)]) == 0
-    model = AutoModelForCausalLM.from_pretrained(out)
-    assert not hasattr(model, "peft_config")
-    assert (out / "chat_template.jinja").is_file() or "chat_template" in (
-        out / "tokenizer_config.json"
-    ).read_text()
-    assert main(["export", str(tmp_path / "runs" / "sft" / "sft"), "--out", str(out)]) == 2
+    assert main(["train", str(write_recipe(recipe))]) == 0
+    run = tmp_path / "runs" / "sft"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+
+    def base():
+        return AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+
+    base_logits = _logits(base(), tokenizer, EXPORT_PROMPTS)
+    adapted = {}
+    for stage in ("sft", "rl"):
+        out = tmp_path / f"exported-{stage}"
+        assert main(["export", str(run / stage), "--out", str(out)]) == 0
+        assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
+        assert any(out.glob("*.safetensors")) and not any(out.glob("*.bin"))
+        assert (out / "chat_template.jinja").is_file() or "chat_template" in (
+            out / "tokenizer_config.json"
+        ).read_text()
+        with_adapter = PeftModel.from_pretrained(base(), str(run / stage / "adapter")).eval()
+        adapted[stage] = _logits(with_adapter, tokenizer, EXPORT_PROMPTS)
+        # The adapter changed the model, so an export that saved the plain base would fail below.
+        assert _max_gap(adapted[stage], base_logits) > ADAPTER_EFFECT
+        exported = _plain_logits(out, tmp_path)
+        gap = _max_gap(exported, adapted[stage])
+        assert gap <= EXPORT_TOLERANCE, f"{stage}: exported logits differ from base + adapter by {gap:.2e}"
+    # The rl export holds the rl adapter, not the sft one it started from.
+    assert _max_gap(adapted["rl"], adapted["sft"]) > ADAPTER_EFFECT
+    assert main(["export", str(run / "sft"), "--out", str(tmp_path / "exported-sft")]) == 2
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/clear_refs is Linux's")
