@@ -94,7 +94,7 @@ def test_two_processes_train_data_parallel(tmp_path, tiny_model_path):
     assert train_steps[0]["epoch"] == pytest.approx(4 / 16)
 
 
-def test_overrides_may_follow_flags(tmp_path):
+def test_overrides_may_follow_flags(tmp_path, capsys):
     from ntp_rl.cli import main
 
     # An override after --smoke reaches the recipe: a bad key there is reported by its path.
@@ -109,5 +109,7 @@ def test_overrides_may_follow_flags(tmp_path):
         ]
     )
     assert code == 2
+    err = capsys.readouterr().err
+    assert "stages[0].trainer.lerning_rate: unknown key" in err and "learning_rate" in err, err
     with pytest.raises(SystemExit):
         main(["train", str(REPO / "recipes" / "quickstart.yaml"), "--no-such-flag"])

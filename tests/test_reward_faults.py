@@ -42,7 +42,7 @@ def _recipe(reward: dict) -> dict:
     ("attr", "extra", "fragment"),
     [
         ("raises", {}, "reward 'raises' raised ZeroDivisionError: division by zero in my reward on sample 0"),
-        ("returns_nan", {}, "reward 'returns_nan'"),
+        ("returns_nan", {}, "reward 'returns_nan' returned nan for sample 0 of"),
         ("hangs", {"timeout_seconds": 2}, "reward 'hangs' took longer than its timeout of 2 s"),
     ],
 )

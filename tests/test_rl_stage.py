@@ -11,6 +11,7 @@ from ntp_rl.cli import main
 from tests.conftest import REPO
 
 PLUGIN = str(REPO / "tests" / "plugins" / "length_reward.py") + ":completion_length"
+HASH_PLUGIN = str(REPO / "tests" / "plugins" / "text_hash_reward.py")
 
 
 def _recipe(algorithm: str) -> dict:
@@ -75,15 +76,27 @@ def test_bad_reward_specs_exit_2_before_any_model_loads(write_recipe, tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
-def test_prompt_filter_keeps_prompts_whose_rewards_vary(write_recipe, tmp_path, tiny_model_path):
+def test_prompt_filter_drops_prompts_whose_rewards_do_not_vary(write_recipe, tmp_path, tiny_model_path):
+    # 5 prompts whose reward is constant (must be dropped) and 3 whose samples all score apart (kept).
+    data = tmp_path / "prompts"
+    data.mkdir()
+    rows = [{"prompt": f"Repeat after me [same] {i}"} for i in range(5)]
+    rows += [{"prompt": f"Say anything [new] {i}"} for i in range(3)]
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = _recipe("grpo")
-    recipe["stages"][1]["prompt_filter"] = {"candidates": 8, "samples": 2, "batch_size": 16}
+    recipe["data"] = {"source": str(data)}
+    recipe["stages"] = [recipe["stages"][1]]
+    recipe["stages"][0]["rewards"] = [{"path": f"{HASH_PLUGIN}:text_hash_unless_same"}]
+    recipe["stages"][0]["prompt_filter"] = {"candidates": 8, "samples": 2, "batch_size": 16}
     assert main(["train", str(write_recipe(recipe))]) == 0
-    done = json.loads((tmp_path / "runs" / "rl-grpo" / "rl" / "COMPLETE").read_text())
+    stage = tmp_path / "runs" / "rl-grpo" / "rl"
+    done = json.loads((stage / "COMPLETE").read_text())
     stats = done["prompt_filter"]
-    # The length reward differs between two random samples of the tiny model almost always.
-    assert stats["candidates"] == 8 and 1 <= stats["kept"] <= 8
-    assert done["train_rows"] == stats["kept"] or stats.get("fallback")
+    assert stats["candidates"] == 8 and stats["kept"] == 3 and not stats.get("fallback"), stats
+    assert done["train_rows"] == 3
+    trained_on = {json.loads(line)["prompt"] for line in (stage / "samples.jsonl").read_text().splitlines()}
+    assert trained_on and all("[new]" in prompt for prompt in trained_on), trained_on
 
 
 def test_hold_out_draws_prompts_never_trained_on():
