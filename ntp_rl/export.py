@@ -39,7 +39,7 @@ def export_stage(stage_dir: Path, out: Path) -> Path:
             f"{adapter}/adapter_config.json: no base_model_name_or_path; cannot tell the base model"
         )
     check_adapter_weights(adapter, str(stage_dir))
-    check_model_reference(base)
+    check_model_reference(base, chat_template=False)  # merging needs no chat template
     tokenizer = load_tokenizer(str(adapter))
     if json.loads((adapter / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS":
         from ntp_rl.models import load_sequence_classifier

@@ -14,6 +14,7 @@ only ever used once its completion marker exists.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -186,12 +187,13 @@ def materialise_tiny() -> Path:
     return _materialise(TINY_MODEL_DIRNAME, _build_tiny)
 
 
-def check_model_reference(name_or_path: str) -> None:
-    """Raise UserError for a local model path that cannot be loaded; cheap, loads and builds nothing.
+def check_model_reference(name_or_path: str, chat_template: bool = True) -> None:
+    """Raise UserError for a model reference that cannot be loaded; cheap, loads and builds nothing.
 
-    A local folder needs `config.json` and safetensors weights (`*.safetensors`): pickled weights
-    (`pytorch_model.bin`) are refused, since unpickling a file can run code. A hub id cannot be
-    checked offline and passes.
+    A local folder needs `config.json`, safetensors weights (`*.safetensors`) whose headers read
+    whole, and (with `chat_template`, as every stage and the eval harness format chat conversations)
+    a tokenizer with a chat template. Pickled weights (`pytorch_model.bin`) are refused, since
+    unpickling a file can run code. A hub id must be in the local Hugging Face cache or reachable.
     """
     if name_or_path in BUILTIN_MODELS:
         return
@@ -202,13 +204,23 @@ def check_model_reference(name_or_path: str) -> None:
                 f"model {name_or_path!r}: {path} is not a model folder (no config.json). "
                 "Give a transformers model folder, a hub id, 'default' or 'tiny'."
             )
-        if not any(path.glob("*.safetensors")):
+        weights = sorted(path.glob("*.safetensors"))
+        if not weights:
             pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
             found = f"; it has {', '.join(pickled)}" if pickled else ""
             raise UserError(
                 f"model {name_or_path!r}: no safetensors weights in {path}{found}. Weights load from "
                 "safetensors only (pickled .bin files can run code when loaded); convert the model "
                 "where you trust it: `AutoModelForCausalLM.from_pretrained(...).save_pretrained(out)`."
+            )
+        for file in weights:
+            check_safetensors_file(file, f"model {name_or_path!r}")
+        if chat_template and not has_chat_template(path):
+            raise UserError(
+                f"model {name_or_path!r}: the tokenizer in {path} has no chat template, and every stage "
+                "formats its rows as chat conversations (the prompt a user turn, the completion the "
+                "assistant's). Use a chat/instruct model, or give the tokenizer a template and save it "
+                "into the folder (`tokenizer.chat_template = ...; tokenizer.save_pretrained(folder)`)."
             )
         return
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
@@ -217,6 +229,81 @@ def check_model_reference(name_or_path: str) -> None:
             f"model {name_or_path!r}: no such folder. Give an existing model folder, a hub id "
             "(org/name), 'default' (SmolLM2-135M-Instruct, embedded) or 'tiny'."
         )
+    check_hub_model(name_or_path)
+
+
+def check_safetensors_file(file: Path, what: str) -> None:
+    """A safetensors file whose header does not parse or whose data is cut short; reads the header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except Exception as exc:  # SafetensorError: a bad header, or less data than the header lists
+        raise UserError(
+            f"{what}: {file} is not a readable safetensors file ({exc}); it is damaged or was cut "
+            "short (an interrupted download or copy?). Copy or download it again."
+        ) from None
+
+
+def has_chat_template(folder: Path) -> bool:
+    """Whether the tokenizer saved in `folder` has a chat template (in any of transformers' places)."""
+    if any((folder / name).exists() for name in ("chat_template.jinja", "chat_template.json")):
+        return True
+    if (folder / "additional_chat_templates").is_dir():
+        return True
+    try:
+        settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(settings, dict) and settings.get("chat_template"))
+
+
+def check_hub_model(repo_id: str) -> None:
+    """A hub id must be in the local Hugging Face cache or downloadable; UserError saying which and what to do.
+
+    A cached `config.json` passes without touching the network. Otherwise it is fetched (transformers
+    would fetch it first anyway), so an unreachable hub, an unknown or gated model is named here,
+    before any stage runs, rather than as a traceback from inside a stage.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+            return
+    except HFValidationError as exc:
+        raise UserError(
+            f"model {repo_id!r}: no such folder, and not a hub id either ({exc}). Give an existing model "
+            "folder, a hub id (org/name), 'default' or 'tiny'."
+        ) from None
+    local_hint = (
+        f"Download it where the hub is reachable (`hf download {repo_id} --local-dir models/{repo_id.split('/')[-1]}`), "
+        "copy that folder here and set model.name_or_path to it; or use 'default' (SmolLM2-135M-Instruct, "
+        "embedded) or 'tiny'."
+    )
+    if huggingface_hub.is_offline_mode():
+        raise UserError(
+            f"model {repo_id!r}: not a local folder, and the Hugging Face Hub is unreachable (offline mode: "
+            f"HF_HUB_OFFLINE is set) with no copy in the local cache. {local_hint}"
+        )
+    try:
+        huggingface_hub.hf_hub_download(repo_id, "config.json")
+    except GatedRepoError:
+        raise UserError(
+            f"model {repo_id!r}: a gated model on the Hugging Face Hub; accept its terms on the hub and log "
+            "in (`hf auth login`), or give a local model folder."
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"model {repo_id!r}: no such local folder, and no such model on the Hugging Face Hub (or it is "
+            "private: log in with `hf auth login`). Check the name, or give a local model folder."
+        ) from None
+    except Exception as exc:  # LocalEntryNotFoundError after retries: no network, a proxy, the hub down
+        raise UserError(
+            f"model {repo_id!r}: not a local folder, and the Hugging Face Hub is unreachable "
+            f"({type(exc).__name__}) with no copy in the local cache. {local_hint}"
+        ) from None
 
 
 def check_adapter_weights(adapter: Path, where: str) -> None:
@@ -235,6 +322,35 @@ def check_adapter_weights(adapter: Path, where: str) -> None:
             "`PeftModel.from_pretrained(base, folder).save_pretrained(out)` writes adapter_model.safetensors."
         )
     raise UserError(f"{where}: no adapter_model.safetensors in {adapter}")
+
+
+def check_adapter_fits(adapter: Path, base: Path, where: str) -> None:
+    """Refuse a LoRA adapter whose weights do not fit the layers of `base`: it was trained on another model.
+
+    peft would stop with a size-mismatch traceback once both are loaded; the shapes are in the
+    safetensors headers, read here without loading a weight. A layer the base names differently is
+    not compared (no false alarm); one whose inputs or outputs differ in size is the culprit.
+    """
+    from safetensors import safe_open
+
+    base_shapes: dict[str, list[int]] = {}
+    for file in sorted(base.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            base_shapes.update({key: handle.get_slice(key).get_shape() for key in handle.keys()})
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in handle.keys():
+            name = key.removeprefix("base_model.model.")
+            for suffix, dim, side in ((".lora_A.weight", 1, "inputs"), (".lora_B.weight", 0, "outputs")):
+                layer = name.removesuffix(suffix)
+                found = base_shapes.get(f"{layer}.weight") if layer != name else None
+                size = handle.get_slice(key).get_shape()[dim] if found is not None else None
+                if found is not None and len(found) == 2 and found[dim] != size:
+                    raise UserError(
+                        f"{where}: the adapter in {adapter} does not fit its base model {base}: layer {layer} "
+                        f"has {found[dim]} {side} there, {size} in the adapter, so the adapter was trained on "
+                        f"another model. Set base_model_name_or_path in {adapter / 'adapter_config.json'} to "
+                        "the model it was trained on."
+                    )
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -95,6 +95,15 @@ def check_reward_model_folder(folder: Path, label: str) -> Path:
             raise RewardSpecError(
                 f"{label}: no adapter_model.safetensors in {folder}; adapters load from safetensors only"
             )
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if isinstance(base, str) and Path(base).expanduser().is_dir():  # as load() reads it
+            from ntp_rl.errors import UserError
+            from ntp_rl.models import check_adapter_fits
+
+            try:
+                check_adapter_fits(folder, Path(base).expanduser(), label)
+            except UserError as exc:
+                raise RewardSpecError(str(exc)) from None
         return folder
     config = folder / "config.json"
     if config.is_file():

@@ -41,7 +41,14 @@ def test_tests_use_their_own_model_cache(tiny_model_path, monkeypatch):
     assert child.stdout.strip() == str(session_cache)
 
 
-def test_hub_ids_pass_through_and_bad_paths_fail(tmp_path):
+def test_hub_ids_pass_through_and_bad_paths_fail(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    # Offline (the tests' HF_HUB_OFFLINE=1) and not in the local cache: the hub id cannot load.
+    with pytest.raises(UserError, match="the Hugging Face Hub is unreachable .* no copy in the local cache"):
+        models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+    cached = tmp_path / "snapshot" / "config.json"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(cached))
     assert (
         models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
         == "HuggingFaceTB/SmolLM2-135M-Instruct"

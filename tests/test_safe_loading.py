@@ -45,7 +45,17 @@ def test_model_folder_with_pickled_weights_only_is_refused(tmp_path):
     (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"x")
     with pytest.raises(UserError, match="no safetensors weights .* it has pytorch_model.bin"):
         check_model_reference(str(tmp_path / "m"))
-    (tmp_path / "m" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"x")  # present, but not safetensors inside
+    with pytest.raises(UserError, match="model.safetensors is not a readable safetensors file"):
+        check_model_reference(str(tmp_path / "m"))
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(UserError, match="has no chat template"):
+        check_model_reference(str(tmp_path / "m"))
+    check_model_reference(str(tmp_path / "m"), chat_template=False)
+    (tmp_path / "m" / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
     check_model_reference(str(tmp_path / "m"))
 
 
