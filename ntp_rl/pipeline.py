@@ -22,9 +22,10 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ntp_rl.common import package_versions, utc_now, write_json_atomic
-from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage
+from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage, StageBase
 from ntp_rl.errors import UserError
-from ntp_rl.stages.common import StageContext, read_completion, write_completion
+from ntp_rl.models import check_model_reference
+from ntp_rl.stages.common import StageContext, StageRunner, read_completion, write_completion
 
 logger = logging.getLogger(__name__)
 
@@ -172,31 +173,35 @@ class Manifest:
             write_json_atomic(self.path, self.data)
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
-    if isinstance(ctx.stage, SftStage):
-        from ntp_rl.stages.sft import run_sft
-
-        return run_sft(ctx)
-    if isinstance(ctx.stage, RewardModelStage):
-        from ntp_rl.stages.reward_model import run_reward_model
-
-        return run_reward_model(ctx)
-    if isinstance(ctx.stage, RlStage):
-        from ntp_rl.stages.rl import run_rl
-
-        return run_rl(ctx)
-    if isinstance(ctx.stage, EvalStage):
-        from ntp_rl.stages.evaluate import run_eval
-
-        return run_eval(ctx)
-    raise TypeError(f"no runner for stage kind {ctx.stage.kind!r}")  # type: ignore[attr-defined]
+def stage_runner(recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path) -> StageRunner:
+    """The runner of a stage's kind (imported here, so that a recipe's stage kinds alone are loaded)."""
+    if isinstance(stage, SftStage):
+        from ntp_rl.stages.sft import SftRunner as Runner
+    elif isinstance(stage, RewardModelStage):
+        from ntp_rl.stages.reward_model import RewardModelRunner as Runner
+    elif isinstance(stage, RlStage):
+        from ntp_rl.stages.rl import RlRunner as Runner
+    elif isinstance(stage, EvalStage):
+        from ntp_rl.stages.evaluate import EvalRunner as Runner
+    else:
+        raise TypeError(f"no runner for stage kind {stage.kind!r}")  # type: ignore[attr-defined]
+    return Runner(recipe, stage, index, recipe_dir)
 
 
-def preflight(recipe: Recipe, recipe_dir: Path) -> None:
-    """Checks that need data or code but no model: model path, columns, empty splits, reward specs."""
-    from ntp_rl.stages.preflight import check_recipe
+def preflight(recipe: Recipe, recipe_dir: Path) -> list[StageRunner]:
+    """Every check that needs data or code but no model, for every stage, before any stage runs.
 
-    check_recipe(recipe, recipe_dir)
+    The model reference (a local folder needs config.json and safetensors weights), then each
+    stage's `check()`: its data (files, encoding, splits, columns, answer pattern), reward specs
+    (importable, callable, right signature, the columns they need) and optional dependencies. A
+    problem is a `UserError` naming the culprit (exit status 2), so a bad input never leaves a
+    half-written run folder behind. Returns the checked runners, holding what they prepared.
+    """
+    check_model_reference(recipe.model.name_or_path)
+    runners = [stage_runner(recipe, stage, index, recipe_dir) for index, stage in enumerate(recipe.stages)]
+    for runner in runners:
+        runner.check()
+    return runners
 
 
 def run_pipeline(
@@ -215,7 +220,7 @@ def run_pipeline(
     if only_stage is not None and only_stage not in names:
         raise UserError(f"--stage {only_stage!r}: the recipe has stages {names}")
     recipe_dir = recipe_path.resolve().parent
-    preflight(recipe, recipe_dir)
+    runners = preflight(recipe, recipe_dir)
 
     run_dir = choose_run_dir(recipe, new_run)
     state.wait_for_everyone()  # every rank has chosen the same folder before rank 0 creates it
@@ -233,7 +238,7 @@ def run_pipeline(
 
     _on_main_process(state, claim_run_folder)
     try:
-        return _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke)
+        return _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners)
     finally:
         if run_lock.is_locked:
             run_lock.release()
@@ -255,7 +260,7 @@ def _on_main_process(state, check) -> None:
         raise UserError(message[0])
 
 
-def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke) -> Path:
+def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners) -> Path:
     from ntp_rl.models import resolve_model_path
 
     manifest = Manifest(run_dir, recipe, recipe_path, state.is_main_process, smoke)
@@ -294,7 +299,7 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
         measure_memory = _reset_peak_rss()
         manifest.update_stage(stage.stage_name, status="running", started_at=utc_now())
         try:
-            results = _run_stage(ctx)
+            results = runners[index].run(ctx)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             manifest.update_stage(stage.stage_name, status=status, error=f"{type(exc).__name__}: {exc}"[:500])

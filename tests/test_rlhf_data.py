@@ -288,13 +288,13 @@ def test_bad_reward_model_specs_exit_2(write_recipe, tmp_path, capsys, rewards, 
 
 def test_dead_zone_with_scale_rewards_none_passes_the_check(write_recipe, tmp_path):
     from ntp_rl.config import load_recipe
-    from ntp_rl.stages.preflight import check_recipe
+    from ntp_rl.pipeline import preflight
 
     rm = {"kind": "reward_model", "name": "rm", "data": {"source": "synthetic:preferences"}}
     recipe = _rl_recipe([{"reward_model": "rm", "kwargs": {"normalize": "group", "dead_zone": 0.5}}], [rm])
     recipe["stages"][-1]["trainer"]["scale_rewards"] = "none"
     path = write_recipe(recipe)
-    check_recipe(load_recipe(path, []), path.parent)  # raises UserError if refused
+    preflight(load_recipe(path, []), path.parent)  # raises UserError if refused
 
 
 def test_a_folder_that_is_not_a_reward_model_exits_2(write_recipe, tmp_path, capsys):

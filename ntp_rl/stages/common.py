@@ -87,6 +87,31 @@ class StageContext:
         )
 
 
+class StageRunner:
+    """One stage kind, torchtune-style: `check()` before any model loads, then `run(ctx)`.
+
+    The pipeline builds a runner per stage of the recipe and calls every `check()` before the first
+    `run()`, so a bad input in the last stage stops the run before the first one spends compute.
+    `check()` loads and checks what the stage needs that costs no model (data, reward specs,
+    settings) and keeps it; `run()` uses what `check()` prepared rather than deriving it again.
+    Errors in `check()` are `UserError`s naming `stages[i]` (exit status 2).
+    """
+
+    def __init__(self, recipe: Recipe, stage: StageBase, index: int, recipe_dir: Path):
+        self.recipe, self.stage, self.index, self.recipe_dir = recipe, stage, index, recipe_dir
+        self.where = f"stages[{index}] ({stage.stage_name})"
+
+    @property
+    def data(self):
+        return self.recipe.stage_data(self.stage)
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+
 class JsonlMetricsCallback(TrainerCallback):
     """Append every `logs` dict the trainer emits to `metrics.jsonl` (main process only)."""
 

@@ -29,7 +29,7 @@ from ntp_rl.evaluation.suite import (
     validate_suite,
 )
 from ntp_rl.rewards.learned import TRAINING_ONLY_KWARGS
-from ntp_rl.stages.common import ADAPTER_DIR, StageContext
+from ntp_rl.stages.common import ADAPTER_DIR, StageContext, StageRunner
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,14 @@ def check_eval_stage(recipe: Recipe, stage: EvalStage, index: int, recipe_dir: P
         from ntp_rl.probes.run import prepare_inputs
 
         prepare_inputs(suite.probes, recipe_dir, where=f"stages[{index}].probes")
+
+
+class EvalRunner(StageRunner):
+    def check(self) -> None:
+        check_eval_stage(self.recipe, self.stage, self.index, self.recipe_dir)  # type: ignore[arg-type]
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        return run_eval(ctx)
 
 
 def run_eval(ctx: StageContext) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from ntp_rl.stages.common import (
     ADAPTER_DIR,
     METRICS_FILE,
     StageContext,
+    StageRunner,
     check_stage_adapter,
     last_checkpoint,
     stage_callbacks,
@@ -284,13 +285,25 @@ def _log_metrics(ctx: StageContext, step: int, phase: str, metrics: dict[str, An
         handle.write(json.dumps(record) + "\n")
 
 
-def run_reward_model(ctx: StageContext) -> dict[str, Any]:
+class RewardModelRunner(StageRunner):
+    def check(self) -> None:
+        """The stage's preference pairs (train, held-out), and its policy-pairs labeller if it has one."""
+        self.train, self.held_out = prepare_preference_data(
+            self.recipe, self.stage, self.index, self.recipe_dir
+        )
+        if self.stage.policy_pairs is not None:  # type: ignore[attr-defined]
+            resolve_policy_gold(self.stage, self.index, self.train.column_names, self.recipe_dir)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        return run_reward_model(ctx, self.train, self.held_out)
+
+
+def run_reward_model(ctx: StageContext, train, held_out) -> dict[str, Any]:
     from peft import LoraConfig
     from transformers import set_seed
     from trl import RewardTrainer
 
     stage: RewardModelStage = ctx.stage  # type: ignore[assignment]
-    train, held_out = prepare_preference_data(ctx.recipe, stage, ctx.index, ctx.recipe_dir)
     policy_stats = None
     if stage.policy_pairs is not None:  # sampled before the reward model loads: one model at a time
         from datasets import concatenate_datasets

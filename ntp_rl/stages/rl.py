@@ -23,6 +23,7 @@ from ntp_rl.models import load_causal_lm, load_tokenizer
 from ntp_rl.stages.common import (
     ADAPTER_DIR,
     StageContext,
+    StageRunner,
     check_stage_adapter,
     last_checkpoint,
     stage_callbacks,
@@ -291,13 +292,50 @@ def heldout_eval_defaults(stage: RlStage) -> dict[str, Any]:
     }
 
 
-def run_rl(ctx: StageContext) -> dict[str, Any]:
+def check_vllm(stage: RlStage, index: int) -> None:
+    """`use_vllm: true` needs vllm importable here; TRL would otherwise fail after the model loaded."""
+    if not stage.trainer.get("use_vllm"):
+        return
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # ImportError, or a vllm built for another torch/CUDA
+        raise UserError(
+            f"stages[{index}].trainer.use_vllm: true, but vllm cannot be imported here "
+            f"({type(exc).__name__}: {exc}). Install it on a GPU machine (`pip install 'trl[vllm]'`) "
+            "or set use_vllm: false"
+        ) from None
+
+
+class RlRunner(StageRunner):
+    def check(self) -> None:
+        """vLLM where asked for; the training prompts; the hold-out size; every reward spec and gold answer."""
+        stage: RlStage = self.stage  # type: ignore[assignment]
+        check_vllm(stage, self.index)
+        data = self.data
+        self.train = to_prompt_format(
+            load_rows(data, data.train_split, self.recipe.run.seed, self.recipe_dir), self.where
+        )
+        if stage.eval_examples:
+            check_hold_out(stage.eval_examples, len(self.train), self.where)
+        resolve_stage_rewards(
+            stage,
+            self.index,
+            self.train.column_names,
+            self.recipe_dir,
+            check_data=self.train,
+            recipe=self.recipe,
+        )
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        return run_rl(ctx, self.train)
+
+
+def run_rl(ctx: StageContext, train) -> dict[str, Any]:
     from peft import LoraConfig, PeftModel
 
     stage: RlStage = ctx.stage  # type: ignore[assignment]
-    data = ctx.data
     where = f"stages[{ctx.index}] ({stage.stage_name})"
-    train = to_prompt_format(load_rows(data, data.train_split, ctx.recipe.run.seed, ctx.recipe_dir), where)
+    # Resolved again with the run folder: a reward model named by its stage exists only now.
     reward_funcs, weights = resolve_stage_rewards(
         stage, ctx.index, train.column_names, ctx.recipe_dir, recipe=ctx.recipe, run_dir=ctx.run_dir
     )

@@ -12,7 +12,7 @@ from typing import Any
 from ntp_rl.config import build_dataclass
 from ntp_rl.data import load_rows, to_sft_format
 from ntp_rl.models import load_causal_lm, load_tokenizer
-from ntp_rl.stages.common import ADAPTER_DIR, StageContext, last_checkpoint, stage_callbacks
+from ntp_rl.stages.common import ADAPTER_DIR, StageContext, StageRunner, last_checkpoint, stage_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -30,24 +30,25 @@ SFT_DEFAULTS: dict[str, Any] = {
 }
 
 
-def prepare_sft_data(ctx: StageContext):
-    """Load and check the stage's data (before any model is loaded)."""
-    where = f"stages[{ctx.index}] ({ctx.stage.stage_name})"
-    data = ctx.data
-    train = to_sft_format(load_rows(data, data.train_split, ctx.recipe.run.seed, ctx.recipe_dir), where)
-    held_out = None
-    if ctx.stage.eval_examples:  # type: ignore[attr-defined]
-        rows = load_rows(data, data.test_split, ctx.recipe.run.seed, ctx.recipe_dir)
-        rows = rows.select(range(min(len(rows), ctx.stage.eval_examples)))  # type: ignore[attr-defined]
-        held_out = to_sft_format(rows, where)
-    return train, held_out
+class SftRunner(StageRunner):
+    def check(self) -> None:
+        """The stage's training rows and held-out rows, loaded and in TRL's SFT shape."""
+        data, seed = self.data, self.recipe.run.seed
+        self.train = to_sft_format(load_rows(data, data.train_split, seed, self.recipe_dir), self.where)
+        self.held_out = None
+        if self.stage.eval_examples:  # type: ignore[attr-defined]
+            rows = load_rows(data, data.test_split, seed, self.recipe_dir)
+            rows = rows.select(range(min(len(rows), self.stage.eval_examples)))  # type: ignore[attr-defined]
+            self.held_out = to_sft_format(rows, self.where)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        return run_sft(ctx, self.train, self.held_out)
 
 
-def run_sft(ctx: StageContext) -> dict[str, Any]:
+def run_sft(ctx: StageContext, train, held_out) -> dict[str, Any]:
     from peft import LoraConfig
     from trl import SFTTrainer
 
-    train, held_out = prepare_sft_data(ctx)
     args = ctx.trainer_args(**SFT_DEFAULTS)
     lora = build_dataclass(LoraConfig, ctx.recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
     tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
