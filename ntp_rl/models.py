@@ -359,7 +359,7 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(materialise_default())
     if name_or_path == "tiny":
         return str(materialise_tiny())
-    check_model_reference(name_or_path)
+    check_model_reference(name_or_path, chat_template=False)  # probes may read plain text; train checks it
     path = Path(name_or_path).expanduser()
     return str(path) if path.exists() else name_or_path
 
