@@ -1,7 +1,9 @@
 """Every accelerate config in recipes/accelerate/ parses, says how to launch it, and means what it says.
 
-Only the CPU config can run here (tests/test_cli.py launches it); the GPU ones are checked as far as
-accelerate's own launcher goes without GPUs: known keys, and the launch mode they select.
+Only the CPU config can run here (tests/test_cli.py launches it), and the two-machine one with the
+CPU's overrides (tests/test_multi_process.py runs two "machines" on the loopback address); the GPU
+ones are checked as far as accelerate's own launcher goes without GPUs: known keys, and the launch
+mode they select.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ EXPECTED_MODES = {
     "zero3.yaml": (False, True, False),
     "fsdp.yaml": (False, False, True),
     "cpu_2proc.yaml": (True, False, False),
+    "multi_node.yaml": (True, False, False),
 }
 
 
@@ -45,8 +48,8 @@ def test_config_parses_and_its_header_says_how_to_launch_it(path):
     assert re.search(
         rf"accelerate launch --config_file recipes/accelerate/{path.name} .*-m ntp_rl train", header_text
     )
-    readme = (REPO / "README.md").read_text()
-    assert f"recipes/accelerate/{path.name}" in readme
+    guide = (REPO / "docs" / "scale.md").read_text()
+    assert f"recipes/accelerate/{path.name}" in guide
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -89,3 +92,32 @@ def test_fsdp_config_builds_accelerates_plugin(monkeypatch):
             monkeypatch.setenv(key, value)
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+
+
+def _torchrun_arguments(path, *flags):
+    """What accelerate hands torchrun for this config and these launch flags."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(path), *flags, "-m", "ntp_rl", "train", "r.yaml"]
+    )
+    args, _, _ = _validate_launch_command(args)
+    prepare_multi_gpu_env(args)
+    return args
+
+
+def test_multi_node_config_spans_two_machines_at_one_fixed_address():
+    # Every machine must name the same rendezvous port; --num_processes counts all machines' processes.
+    args = _torchrun_arguments(
+        FOLDER / "multi_node.yaml", "--machine_rank", "1", "--main_process_ip", "10.0.0.1"
+    )
+    assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "8")
+    assert (args.rdzv_backend, args.rdzv_endpoint) == ("static", "10.0.0.1:29500")
+
+
+def test_cpu_config_picks_a_free_port_per_launch():
+    # main_process_port: 0, so that two runs (or two test sessions) on one machine do not collide.
+    assert yaml.safe_load((FOLDER / "cpu_2proc.yaml").read_text())["main_process_port"] == 0
+    args = _torchrun_arguments(FOLDER / "cpu_2proc.yaml")
+    assert int(args.master_port) > 0
