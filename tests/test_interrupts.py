@@ -18,6 +18,9 @@ from safetensors.torch import load_file
 from ntp_rl.cli import main
 from ntp_rl.errors import TrainingDiverged
 from ntp_rl.stages.common import StopOnNonFinite, last_checkpoint
+from tests.conftest import REPO
+
+PLUGINS = REPO / "tests" / "plugins"
 
 TINY_SFT = {
     "run": {"name": "r"},
@@ -102,7 +105,9 @@ def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, tiny_mo
     assert "TrainingDiverged" in manifest["stages"]["sft"]["error"]
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_model_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_model_path, signum):
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's stop): finish the step, save, exit 130; resume."""
     path = _recipe(tmp_path, max_steps=20)
     stage = tmp_path / "runs" / "r" / "sft"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -120,9 +125,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_m
         metrics = stage / "metrics.jsonl"
         steps = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
     assert steps >= 2 and proc.poll() is None, "training did not start in time"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
+    assert f"{signum.name}: stopping after this step" in err
     assert "interrupted; re-run the same command to resume" in err and "Traceback" not in err
     checkpoints = sorted((stage / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1
@@ -145,6 +151,72 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_m
     trained = [line["step"] for line in lines if "loss" in line]
     assert trained == list(range(1, 21))  # every step once: nothing lost, nothing trained twice
     assert math.isfinite(results["train_loss"])
+
+
+def _wait_for(condition, seconds: float, proc) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_second_ctrl_c_quits_at_once_without_a_checkpoint(tmp_path, tiny_model_path):
+    """The first Ctrl-C asks for a save after the step; a second one, inside that step, quits now.
+
+    The step is held open by a reward (tests/plugins/held_reward.py) that waits for a file the test
+    never writes, so only the second signal can end the run before the step does.
+    """
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    recipe = {
+        "run": {"name": "r", "output_dir": str(tmp_path / "runs")},
+        "model": TINY_SFT["model"],
+        "data": {"arithmetic": {"num_train": 16, "num_test": 4}},
+        "stages": [
+            {
+                "kind": "rl",
+                "rewards": [{"path": f"{PLUGINS}/held_reward.py:held_reward"}],
+                "trainer": {
+                    "max_steps": 4,
+                    "per_device_train_batch_size": 2,
+                    "num_generations": 2,
+                    "max_completion_length": 4,
+                    "save_steps": 1000,
+                },
+            }
+        ],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    log = tmp_path / "stderr.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NTP_RL_TEST_GATE": str(gate)}
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ntp_rl", "train", str(path)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        assert _wait_for((gate / "reached-0").exists, 180, proc), "the first step did not start in time"
+        proc.send_signal(signal.SIGINT)
+        assert _wait_for(lambda: "SIGINT: stopping after this step" in log.read_text(), 30, proc)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)  # the step is still held open: only the second signal can end the run
+    finally:
+        (gate / "release").touch()
+        if proc.poll() is None:
+            proc.kill()
+    err = log.read_text()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted; re-run the same command to resume" in err and "Traceback" not in err
+    stage = tmp_path / "runs" / "r" / "rl"
+    assert not list(stage.glob("checkpoints/checkpoint-*"))  # no new checkpoint
+    assert not (stage / "COMPLETE").exists()
+    manifest = json.loads((tmp_path / "runs" / "r" / "manifest.json").read_text())
+    assert manifest["stages"]["rl"]["status"] == "interrupted"
 
 
 def test_full_disk_refuses_to_start(tmp_path, monkeypatch, capsys):
