@@ -353,6 +353,83 @@ def check_adapter_fits(adapter: Path, base: Path, where: str) -> None:
                     )
 
 
+# A prompt whose UTF-8 size plus this many tokens (the chat template's turn markers and any system
+# prompt) fits the context is not tokenized by `check_prompts_fit`: a token covers at least one byte
+# (byte-level BPE, SentencePiece with byte fallback). Only prompts near the limit are counted exactly.
+TEMPLATE_TOKENS_BOUND = 512
+BUILTIN_MIN_CONTEXT = 2048  # `tiny` is built with 2048 positions, `default` (SmolLM2) has 8192
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(folder: Path) -> int | None:
+    """The model's context in tokens, from its config.json (None when it does not say)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for settings in (config, config.get("text_config") or {}):
+        for key in CONTEXT_KEYS:
+            if isinstance(settings.get(key), int) and settings[key] > 0:
+                return settings[key]
+    return None
+
+
+def _local_folder(name_or_path: str) -> Path | None:
+    """The folder of a model already on this machine (local folder, built-in, hub cache), else None."""
+    if name_or_path in BUILTIN_MODELS:
+        return Path(resolve_model_path(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        import huggingface_hub
+
+        cached = huggingface_hub.try_to_load_from_cache(name_or_path, "config.json")
+    except Exception:  # not a valid hub id: check_model_reference says so
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def check_prompts_fit(
+    name_or_path: str, prompts: list, new_tokens: int, where: str, trust_remote_code: bool = False
+) -> None:
+    """Refuse prompts that, chat-templated, leave no room for `new_tokens` in the model's context.
+
+    `prompts` are message lists (or strings, a user turn each). A prompt past the context would be
+    run at positions the model never saw (or fail inside the trainer); said here, naming the row.
+    Only prompts whose size in bytes comes near the limit are tokenized, so this is cheap.
+    """
+    if not prompts:
+        return
+    sizes = [
+        len(prompt.encode())
+        if isinstance(prompt, str)
+        else sum(len(str(m.get("content", "")).encode()) for m in prompt)
+        for prompt in prompts
+    ]
+    need = max(sizes) + TEMPLATE_TOKENS_BOUND + new_tokens
+    if name_or_path in BUILTIN_MODELS and need <= BUILTIN_MIN_CONTEXT:
+        return  # without building the model's folder
+    folder = _local_folder(name_or_path)
+    context = context_length(folder) if folder is not None else None
+    if context is None or need <= context:
+        return
+    tokenizer = load_tokenizer(str(folder), trust_remote_code)
+    for row, (prompt, size) in enumerate(zip(prompts, sizes, strict=True)):
+        if size + TEMPLATE_TOKENS_BOUND + new_tokens <= context:
+            continue
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokens + new_tokens > context:
+            raise UserError(
+                f"{where}: the prompt of row {row} is {tokens} tokens (chat template included); with "
+                f"{new_tokens} new tokens it does not fit the {context}-token context of model "
+                f"{name_or_path!r} ({folder / 'config.json'}). Shorten or drop the long prompts, or "
+                "generate fewer tokens."
+            )
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """`default`/`tiny` -> their cache folder; an existing local folder -> itself; else a hub id as is."""
     if name_or_path == "default":

@@ -67,24 +67,29 @@ class StageContext:
 
     def trainer_args(self, **defaults: Any):
         """The stage's TRL config: recipe `trainer:` over `defaults`, with pipeline-owned fields set."""
-        import torch
+        return trainer_args(self.recipe, self.stage, self.index, self.stage_dir / CHECKPOINT_DIR, **defaults)
 
-        kwargs = {**defaults, **self.stage.trainer}
-        # TRL turns bf16 autocast on by default, which transformers refuses on a CPU unless use_cpu is
-        # set. Follow the recipe's model dtype instead. Without a GPU, use_cpu also makes several
-        # processes (accelerate launch --num_processes 2) train data-parallel over gloo; without it
-        # each process would silently train alone on all the data.
-        kwargs.setdefault("bf16", self.recipe.model.dtype == "bfloat16")
-        if not torch.cuda.is_available():
-            kwargs.setdefault("use_cpu", True)
-        path = f"stages[{self.index}].trainer"
-        return build_dataclass(
-            trainer_config_class(self.stage),
-            kwargs,
-            path,
-            output_dir=str(self.stage_dir / CHECKPOINT_DIR),
-            seed=self.seed,
-        )
+
+def trainer_args(recipe: Recipe, stage: StageBase, index: int, checkpoints: Path, **defaults: Any):
+    """A training stage's TRL config: its `trainer:` over `defaults`; output folder and seed set here."""
+    import torch
+
+    kwargs = {**defaults, **stage.trainer}  # type: ignore[attr-defined]
+    # TRL turns bf16 autocast on by default, which transformers refuses on a CPU unless use_cpu is
+    # set. Follow the recipe's model dtype instead. Without a GPU, use_cpu also makes several
+    # processes (accelerate launch --num_processes 2) train data-parallel over gloo; without it
+    # each process would silently train alone on all the data.
+    kwargs.setdefault("bf16", recipe.model.dtype == "bfloat16")
+    if not torch.cuda.is_available():
+        kwargs.setdefault("use_cpu", True)
+    seed = getattr(stage, "seed", None)
+    return build_dataclass(
+        trainer_config_class(stage),
+        kwargs,
+        f"stages[{index}].trainer",
+        output_dir=str(checkpoints),
+        seed=recipe.run.seed if seed is None else seed,
+    )
 
 
 class StageRunner:
@@ -110,6 +115,21 @@ class StageRunner:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         raise NotImplementedError
+
+    def check_trainer_args(self, **defaults: Any):
+        """The stage's TRL config, built as `run()` builds it, so that TRL's own checks of it (e.g.
+        num_generations dividing the generation batch) fail here rather than after the run folder is
+        written. Nothing is created in the checkpoint folder it names."""
+        recipe = self.recipe
+        stage_dir = Path(recipe.run.output_dir) / recipe.run.name / self.stage.stage_name
+        return trainer_args(recipe, self.stage, self.index, stage_dir / CHECKPOINT_DIR, **defaults)
+
+    def check_prompts_fit(self, prompts: list, new_tokens: int) -> None:
+        """Each prompt, chat-templated, leaves `new_tokens` of room in the model's context."""
+        from ntp_rl.models import check_prompts_fit
+
+        model = self.recipe.model
+        check_prompts_fit(model.name_or_path, prompts, new_tokens, self.where, model.trust_remote_code)
 
 
 class JsonlMetricsCallback(TrainerCallback):

@@ -180,7 +180,13 @@ def check_eval_stage(recipe: Recipe, stage: EvalStage, index: int, recipe_dir: P
     rows = load_items(suite, recipe_dir)
     resolve_scorers(suite, rows.column_names, path.parent if path else recipe_dir)
     for i, spec in enumerate(suite.metrics):
-        resolve_metric_path(spec, path.parent if path else None, f"stages[{index}] suite metrics[{i}]")
+        where = f"stages[{index}] suite {path}: metrics[{i}]" if path else f"stages[{index}] metrics[{i}]"
+        resolve_metric_path(spec, path.parent if path else None, where)
+    from ntp_rl.models import check_prompts_fit
+
+    model, where = recipe.model, f"stages[{index}] ({stage.stage_name})"
+    tokens = suite.generation.max_new_tokens
+    check_prompts_fit(model.name_or_path, rows["prompt"], tokens, where, model.trust_remote_code)
     if suite.probes is not None:
         from ntp_rl.probes.run import prepare_inputs
 

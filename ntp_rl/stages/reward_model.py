@@ -293,6 +293,9 @@ class RewardModelRunner(StageRunner):
         )
         if self.stage.policy_pairs is not None:  # type: ignore[attr-defined]
             resolve_policy_gold(self.stage, self.index, self.train.column_names, self.recipe_dir)
+        self.check_trainer_args(**REWARD_MODEL_DEFAULTS)
+        if "prompt" in self.train.column_names:  # a prompt alone must leave room for its responses
+            self.check_prompts_fit(self.train["prompt"], new_tokens=1)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         return run_reward_model(ctx, self.train, self.held_out)

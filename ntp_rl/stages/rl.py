@@ -325,6 +325,11 @@ class RlRunner(StageRunner):
             check_data=self.train,
             recipe=self.recipe,
         )
+        args = self.check_trainer_args(
+            **{**RL_DEFAULTS, **rlhf_trainer_defaults(stage), **heldout_eval_defaults(stage)},
+            reward_weights=[spec.weight for spec in stage.rewards],
+        )
+        self.check_prompts_fit(self.train["prompt"], new_tokens=args.max_completion_length)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         return run_rl(ctx, self.train)

@@ -40,6 +40,9 @@ class SftRunner(StageRunner):
             rows = load_rows(data, data.test_split, seed, self.recipe_dir)
             rows = rows.select(range(min(len(rows), self.stage.eval_examples)))  # type: ignore[attr-defined]
             self.held_out = to_sft_format(rows, self.where)
+        self.check_trainer_args(**SFT_DEFAULTS)
+        if "prompt" in self.train.column_names:  # a prompt alone must leave room for its completion
+            self.check_prompts_fit(self.train["prompt"], new_tokens=1)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         return run_sft(ctx, self.train, self.held_out)
