@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from ntp_rl.errors import TrainingDiverged, UserError
+from ntp_rl.errors import DiskFull, TrainingDiverged, UserError, is_disk_full
 from ntp_rl.rewards.errors import RewardRuntimeError
 
 logger = logging.getLogger("ntp_rl")
@@ -275,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except RewardRuntimeError as exc:  # a reward broke mid-run: its message names the reward and sample
         print(f"ntp-rl: run stopped: {exc}", file=sys.stderr)
+        return 1
+    except DiskFull as exc:  # its message names the disk and the checkpoint to resume from
+        print(f"ntp-rl: run stopped: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        where = f" while writing {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(
+            f"ntp-rl: run stopped: no space left on the disk{where} ({exc}); free some space and re-run "
+            "the same command",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(

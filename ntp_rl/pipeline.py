@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from ntp_rl.common import package_versions, utc_now, write_json_atomic
 from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage, StageBase
-from ntp_rl.errors import UserError
+from ntp_rl.errors import DiskFull, UserError, is_disk_full
 from ntp_rl.models import check_model_reference
 from ntp_rl.stages.common import StageContext, StageRunner, read_completion, write_completion
 
@@ -138,6 +138,30 @@ def check_free_disk(folder: Path, model: str) -> None:
             f"{model!r} needs at least {need / 2**20:.0f} MiB for checkpoints. Free some space or set "
             "run.output_dir (or --output-dir) to another disk."
         )
+
+
+def _disk_full_message(stage_name: str, run_dir: Path, stage_dir: Path) -> str:
+    """What a stage that ran out of disk says: which disk, and the checkpoint the same command resumes from."""
+    from ntp_rl.stages.common import last_checkpoint
+
+    mount = run_dir.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        free = f", {shutil.disk_usage(run_dir).free / 2**20:.0f} MiB free now"
+    except OSError:
+        free = ""
+    good = last_checkpoint(stage_dir, is_main_process=False)  # renamed aside by the resume, not here
+    resume = (
+        f"the same command resumes from its newest complete checkpoint, {good}"
+        if good
+        else "the same command starts the stage again (it saved no complete checkpoint)"
+    )
+    return (
+        f"stage {stage_name}: no space left on the disk holding {run_dir} (the file system mounted at "
+        f"{mount}{free}). Free some space, or move the run folder to another disk and point "
+        f"run.output_dir (or --output-dir) at its parent; {resume}."
+    )
 
 
 class Manifest:
@@ -302,7 +326,15 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
             results = runners[index].run(ctx)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            manifest.update_stage(stage.stage_name, status=status, error=f"{type(exc).__name__}: {exc}"[:500])
+            try:  # on a full disk this write can fail as well; the stage's own error is the one to report
+                manifest.update_stage(
+                    stage.stage_name, status=status, error=f"{type(exc).__name__}: {exc}"[:500]
+                )
+            except OSError as write_error:
+                if not is_disk_full(write_error):
+                    raise
+            if is_disk_full(exc):
+                raise DiskFull(_disk_full_message(stage.stage_name, run_dir, ctx.stage_dir)) from exc
             raise
         seconds = round(time.time() - started, 1)
         results = {"stage": stage.stage_name, "kind": stage.kind, "seconds": seconds, **results}  # type: ignore[attr-defined]
