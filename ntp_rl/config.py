@@ -54,7 +54,9 @@ class RunSettings(StrictModel):
 
 class ModelSettings(StrictModel):
     name_or_path: str = "default"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # `auto`: bfloat16 where it is faster on this machine, else float32 (ntp_rl/dtypes.py). The
+    # default stays float32, so the config hash of runs made before `auto` existed does not change.
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     trust_remote_code: bool = False
     # peft LoraConfig fields, passed through (checked against LoraConfig when the recipe loads).
     lora: dict[str, Any] = Field(

@@ -49,7 +49,7 @@ DESCRIPTIONS: dict[str, str] = {
     # model
     "model": "The base model every stage starts from.",
     "model.name_or_path": "`default` (SmolLM2-135M-Instruct, embedded), `tiny` (random 2-layer Llama for smoke runs and tests), a local model folder or a hub id.",
-    "model.dtype": "Weights' dtype for training and generation. `bfloat16` pays on GPUs and on CPUs with fast bf16 matrix products.",
+    "model.dtype": "Weights' dtype for training and generation. `auto` (the shipped recipes): bfloat16 on a GPU that supports it, on a CPU only where a start-up matmul probe finds bf16 at least 1.2x as fast as float32 (cached per machine; many CPUs run bf16 far slower), else float32; the choice and the measured rates go into manifest.json. `float32` / `bfloat16` / `float16` force one. `--smoke` uses float32.",
     "model.trust_remote_code": "Run model code from the model folder or hub repo (recorded in manifest.json). Off unless set.",
     "model.lora": "peft `LoraConfig` fields, passed through and checked against `LoraConfig` when the recipe loads (`task_type` is set by the stage). Higher `r` = more trainable parameters and memory.",
     # data

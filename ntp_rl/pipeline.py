@@ -1,8 +1,9 @@
 """The pipeline: a validated Recipe -> `runs/<name>/` with a manifest, then its stages in order.
 
-`manifest.json` records the resolved config, its hash, package versions, the seed and each stage's
-status, timings and peak resident memory. A finished stage (its `COMPLETE` marker exists) is skipped
-when the same config runs again; an interrupted one resumes from its last trainer checkpoint. A
+`manifest.json` records the resolved config, its hash, package versions, the seed, the dtype
+`model.dtype` resolved to here (`auto`: ntp_rl/dtypes.py) and each stage's status, dtype, timings
+and peak resident memory. A finished stage (its `COMPLETE` marker exists) is skipped when the same
+config runs again; an interrupted one resumes from its last trainer checkpoint. A
 different config pointed at an existing run is refused unless `new_run` is set, which picks
 `<name>-2`, `<name>-3`, ... Nothing is ever deleted or overwritten. With several processes
 (accelerate), every rank runs the stages (training is collective) and only the main process writes
@@ -23,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from ntp_rl.common import package_versions, utc_now, write_json_atomic
 from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage, StageBase
+from ntp_rl.dtypes import describe_choice, dtype_choice, use_dtype_choice
 from ntp_rl.errors import DiskFull, UserError, is_disk_full
 from ntp_rl.models import check_model_reference
 from ntp_rl.stages.common import StageContext, StageRunner, read_completion, write_completion
@@ -244,6 +246,7 @@ def run_pipeline(
     if only_stage is not None and only_stage not in names:
         raise UserError(f"--stage {only_stage!r}: the recipe has stages {names}")
     recipe_dir = recipe_path.resolve().parent
+    dtype = _agree_on_dtype(state, recipe.model.dtype)  # before preflight, which builds trainer configs
     runners = preflight(recipe, recipe_dir)
 
     run_dir = choose_run_dir(recipe, new_run)
@@ -262,10 +265,28 @@ def run_pipeline(
 
     _on_main_process(state, claim_run_folder)
     try:
-        return _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners)
+        return _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype)
     finally:
         if run_lock.is_locked:
             run_lock.release()
+
+
+def _agree_on_dtype(state, requested: str) -> dict[str, Any]:
+    """Resolve model.dtype on the main process and hand the choice to every rank.
+
+    `auto` rests on a timing (ntp_rl/dtypes.py), which ranks measuring for themselves could read
+    differently; ranks that load the model in different dtypes would not train as one. The other
+    ranks wait while the main process measures, so they do not slow its probe down either.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    choice = [dtype_choice(requested) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(choice, from_process=0)
+    use_dtype_choice(choice[0])
+    if requested == "auto":
+        logger.info(describe_choice(choice[0]))
+    return choice[0]
 
 
 def _on_main_process(state, check) -> None:
@@ -284,11 +305,21 @@ def _on_main_process(state, check) -> None:
         raise UserError(message[0])
 
 
-def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners) -> Path:
+def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype) -> Path:
     from ntp_rl.models import resolve_model_path
 
     manifest = Manifest(run_dir, recipe, recipe_path, state.is_main_process, smoke)
     manifest.data["world_size"] = state.num_processes
+    earlier_dtype = (manifest.data.get("dtype") or {}).get("resolved")
+    if earlier_dtype not in (None, dtype["resolved"]):  # a resume on another machine, or other threads
+        logger.warning(
+            "model.dtype %s resolves to %s here; this run's earlier stages ran in %s (each stage's "
+            "entry in the manifest says which)",
+            dtype["requested"],
+            dtype["resolved"],
+            earlier_dtype,
+        )
+    manifest.data["dtype"] = dtype
     manifest.save()
     logger.info("run folder: %s", run_dir)
 
@@ -321,7 +352,9 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
         _release_memory()
         started = time.time()
         measure_memory = _reset_peak_rss()
-        manifest.update_stage(stage.stage_name, status="running", started_at=utc_now())
+        manifest.update_stage(
+            stage.stage_name, status="running", started_at=utc_now(), dtype=dtype["resolved"]
+        )
         try:
             results = runners[index].run(ctx)
         except BaseException as exc:

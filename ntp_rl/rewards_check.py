@@ -149,12 +149,13 @@ def _adapter_base(adapter: Path, recipe: Recipe) -> str:
 def load_policy(policy: Policy, trust_remote_code: bool):
     import torch
 
+    from ntp_rl.dtypes import resolve_dtype
     from ntp_rl.models import check_adapter_weights, load_causal_lm, load_tokenizer
 
     if policy.adapter is not None:  # before any model loads; peft would unpickle a .bin adapter
         check_adapter_weights(Path(policy.adapter), "--model")
     tokenizer = load_tokenizer(policy.base, trust_remote_code)  # the base's tokenizer, as in training
-    model = load_causal_lm(policy.base, policy.dtype, trust_remote_code)
+    model = load_causal_lm(policy.base, resolve_dtype(policy.dtype), trust_remote_code)
     if policy.adapter is not None:
         from peft import PeftModel
 

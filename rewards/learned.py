@@ -23,7 +23,8 @@ Settings (`kwargs:` beside the spec):
   With `batch` or `group`, the mean raw score of each call is logged as `<name>/raw_mean` beside
   TRL's `rewards/<name>/mean` of the normalised values.
 - `batch_size`: conversations per forward pass; `max_length`: tokens kept per conversation (the
-  end is kept: the score is read at the last token); `dtype`: float32 | bfloat16 | float16;
+  end is kept: the score is read at the last token); `dtype`: float32 | bfloat16 | float16 | auto
+  (bfloat16 where it is faster on this machine, as `model.dtype: auto`; resolved when the model loads);
   `base_model`: the base for an adapter whose recorded base has moved.
 """
 
@@ -235,8 +236,8 @@ class LearnedReward:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise ValueError(f"max_length must be a positive integer or null, got {max_length!r}")
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        if dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ValueError(f"dtype must be float32, bfloat16, float16 or auto, got {dtype!r}")
         self.model = model
         self.normalize = normalize
         self.dead_zone = float(dead_zone)
@@ -260,8 +261,10 @@ class LearnedReward:
             return self._loaded
         from accelerate import PartialState
 
+        from ntp_rl.dtypes import resolve_dtype
         from ntp_rl.models import load_sequence_classifier, load_tokenizer
 
+        dtype = resolve_dtype(self.dtype)  # in a run, the choice the pipeline's main process made
         folder = Path(self.model)
         adapter = folder if (folder / "adapter_config.json").is_file() else None
         if adapter is not None:
@@ -272,13 +275,13 @@ class LearnedReward:
             )
             tokenizer = load_tokenizer(str(adapter), self.trust_remote_code)
             model = load_sequence_classifier(
-                base, self.dtype, self.trust_remote_code, pad_token_id=tokenizer.pad_token_id
+                base, dtype, self.trust_remote_code, pad_token_id=tokenizer.pad_token_id
             )
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         else:
             tokenizer = load_tokenizer(self.model, self.trust_remote_code)
             model = load_sequence_classifier(
-                self.model, self.dtype, self.trust_remote_code, pad_token_id=tokenizer.pad_token_id
+                self.model, dtype, self.trust_remote_code, pad_token_id=tokenizer.pad_token_id
             )
         model.to(PartialState().device)
         model.eval()

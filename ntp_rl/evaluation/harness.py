@@ -28,6 +28,7 @@ from typing import Any
 
 from ntp_rl.checkpoints import Checkpoint, LoadedGroup, group_by_base, reference_label
 from ntp_rl.common import package_versions, utc_now
+from ntp_rl.dtypes import describe_choice, dtype_choice
 from ntp_rl.errors import UserError
 from ntp_rl.evaluation.metrics import MetricModules, summarise
 from ntp_rl.evaluation.report import (
@@ -202,6 +203,10 @@ def run_suite(
     started = time.time()
     if is_main_process and not overwrite:
         check_out_dir(out)
+    dtype_record = dtype_choice(dtype)  # `auto` -> float32 or bfloat16, measured on this machine
+    dtype = dtype_record["resolved"]
+    if dtype_record["requested"] == "auto" and is_main_process:
+        logger.info(describe_choice(dtype_record))
     suite_dir = suite_file.parent if suite_file is not None else None
     rows = load_items(suite, data_base_dir)
     scorers = resolve_scorers(suite, rows.column_names, suite_dir or data_base_dir)
@@ -361,6 +366,7 @@ def run_suite(
             "suite": suite.model_dump(mode="json"),
             "models": {c.label: c.describe() for c in checkpoints},
             "dtype": dtype,
+            **({"dtype_choice": dtype_record} if dtype_record["requested"] == "auto" else {}),
             "seeds": {"data": suite.data_seed, "generation": seed, "bootstrap": seed},
             "generation": suite.generation.model_dump(mode="json"),
             "chat_template_sha256": next(iter(template_hashes.values()))

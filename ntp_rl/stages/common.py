@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 
 from ntp_rl.common import write_json_atomic
 from ntp_rl.config import Recipe, StageBase, build_dataclass, trainer_config_class
+from ntp_rl.dtypes import resolve_dtype
 from ntp_rl.errors import TrainingDiverged
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class StageContext:
         return self.recipe.stage_data(self.stage)
 
     @property
+    def dtype(self) -> str:
+        """The weights' dtype: model.dtype, with `auto` resolved (the pipeline resolved it already)."""
+        return resolve_dtype(self.recipe.model.dtype)
+
+    @property
     def seed(self) -> int:
         """The stage's seed (its `seed:`, else run.seed); data splits always use run.seed."""
         seed = getattr(self.stage, "seed", None)
@@ -76,10 +82,10 @@ def trainer_args(recipe: Recipe, stage: StageBase, index: int, checkpoints: Path
 
     kwargs = {**defaults, **stage.trainer}  # type: ignore[attr-defined]
     # TRL turns bf16 autocast on by default, which transformers refuses on a CPU unless use_cpu is
-    # set. Follow the recipe's model dtype instead. Without a GPU, use_cpu also makes several
-    # processes (accelerate launch --num_processes 2) train data-parallel over gloo; without it
-    # each process would silently train alone on all the data.
-    kwargs.setdefault("bf16", recipe.model.dtype == "bfloat16")
+    # set. Follow the model's dtype instead (model.dtype, `auto` resolved). Without a GPU, use_cpu
+    # also makes several processes (accelerate launch --num_processes 2) train data-parallel over
+    # gloo; without it each process would silently train alone on all the data.
+    kwargs.setdefault("bf16", resolve_dtype(recipe.model.dtype) == "bfloat16")
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
     seed = getattr(stage, "seed", None)

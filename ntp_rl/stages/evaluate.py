@@ -231,7 +231,7 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
         stage=stage.stage_name,
         settings=stage.model_dump(mode="json"),
         data_base_dir=ctx.recipe_dir,
-        dtype=ctx.recipe.model.dtype,
+        dtype=ctx.dtype,
         trust_remote_code=ctx.recipe.model.trust_remote_code,
         is_main_process=ctx.is_main_process,
         # An unfinished stage (no COMPLETE marker) may have left a partial report behind.

@@ -140,9 +140,7 @@ def _sample_and_score(ctx: StageContext, stage: RewardModelStage, train) -> list
     rows = train.shuffle(seed=ctx.seed).select(range(min(settings.prompts, len(train))))
     trust = ctx.recipe.model.trust_remote_code
     tokenizer = load_tokenizer(ctx.base_model_path, trust)
-    policy = PeftModel.from_pretrained(
-        load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, trust), str(adapter)
-    )
+    policy = PeftModel.from_pretrained(load_causal_lm(ctx.base_model_path, ctx.dtype, trust), str(adapter))
     sampler = merged_copy(policy)
     del policy
     n = settings.samples
@@ -240,7 +238,7 @@ def merged_init_base(ctx: StageContext, stage: RewardModelStage) -> str:
     )
     if ctx.is_main_process and not (folder / "config.json").is_file():  # else: written before a resume
         trust = ctx.recipe.model.trust_remote_code
-        model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, trust)
+        model = load_causal_lm(ctx.base_model_path, ctx.dtype, trust)
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         partial = folder.with_name(folder.name + ".partial")
         if partial.exists():  # left by an interrupted merge; nothing else writes it
@@ -325,7 +323,7 @@ def run_reward_model(ctx: StageContext, train, held_out) -> dict[str, Any]:
     set_seed(args.seed)  # the score head starts random: the same seed gives the same head
     model = load_sequence_classifier(
         base,
-        ctx.recipe.model.dtype,
+        ctx.dtype,
         ctx.recipe.model.trust_remote_code,
         pad_token_id=tokenizer.pad_token_id,
     )

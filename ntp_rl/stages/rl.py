@@ -353,7 +353,7 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
     )
 
     tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
-    model = load_causal_lm(ctx.base_model_path, ctx.recipe.model.dtype, ctx.recipe.model.trust_remote_code)
+    model = load_causal_lm(ctx.base_model_path, ctx.dtype, ctx.recipe.model.trust_remote_code)
     adapter = init_adapter_dir(ctx)
     peft_config = None
     if adapter is not None:
