@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_sft_a_few_steps_on_the_default_model_lowers_held_out_loss(write_recipe, tmp_path):
     recipe = {
         "run": {"name": "slow-sft"},
-        "model": {"name_or_path": "default", "dtype": "bfloat16"},
+        "model": {"name_or_path": "default", "dtype": "auto"},
         "data": {"arithmetic": {"num_train": 64, "num_test": 16}},
         "stages": [
             {
