@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ntp_rl.dtypes import bf16_pays, cpu_description, probe_cpu
+from ntp_rl.dtypes import bf16_pays, cpu_description, probe_cpu, round_gflops
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PRODUCTS = {
@@ -39,17 +39,7 @@ def gflops(product, dtype: torch.dtype, size: int, rounds: int, round_seconds: f
     generator = torch.Generator().manual_seed(0)
     x, w = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
     product(x, w)  # warm-up
-    best = 0.0
-    for _ in range(rounds):
-        calls, start = 0, time.perf_counter()
-        while True:
-            product(x, w)
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= round_seconds:
-                break
-        best = max(best, 2 * size**3 * calls / elapsed / 1e9)
-    return best
+    return max(round_gflops(product, x, w, 2 * size**3, round_seconds) for _ in range(rounds))
 
 
 def main() -> None:

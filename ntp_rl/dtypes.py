@@ -84,6 +84,17 @@ def machine_key() -> str:
     return f"{cpu_description()} | torch {torch.__version__} | {threads} thread{'s' if threads != 1 else ''}"
 
 
+def round_gflops(call, x, w, flops_per_call: float, round_seconds: float) -> float:
+    """GFLOP/s of `call(x, w)` repeated for `round_seconds` (one timed round; the clock is read over many calls)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        call(x, w)
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= round_seconds:
+            return flops_per_call * calls / elapsed / 1e9
+
+
 def measure_matmul_gflops(
     threads: int | None = None,
     size: int = PROBE_SIZE,
@@ -112,14 +123,7 @@ def measure_matmul_gflops(
                 call(x, w)  # warm-up: the first call picks and prepares kernels
             for _ in range(rounds):
                 for name, (x, w) in operands.items():
-                    calls, start = 0, time.perf_counter()
-                    while True:
-                        call(x, w)
-                        calls += 1
-                        elapsed = time.perf_counter() - start
-                        if elapsed >= round_seconds:
-                            break
-                    best[name] = max(best[name], flops_per_call * calls / elapsed / 1e9)
+                    best[name] = max(best[name], round_gflops(call, x, w, flops_per_call, round_seconds))
     finally:
         torch.set_num_threads(previous)
     return {name: round(rate, 2) for name, rate in best.items()}
