@@ -10,8 +10,12 @@ import pytest
 from ntp_rl.tasks.arithmetic import (
     ANSWER_INSTRUCTION,
     ANSWER_LINE_PREFIX,
+    HELDOUT_ITEMS,
+    HELDOUT_NAMES,
+    HELDOUT_TEMPLATES,
     ITEMS,
     NAMES,
+    TEMPLATES,
     final_answer_line,
     generate,
 )
@@ -86,7 +90,7 @@ def test_rows_within_a_split_are_distinct_problems(split, size):
 
 
 @pytest.mark.parametrize("decomposed", [False, True])
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", ["train", "test", "test_phrasings"])
 def test_answers_solutions_and_prompts_agree(split, decomposed):
     for row in generate(split, 600, seed=2, two_step_fraction=0.4, decomposed_solutions=decomposed):
         answer = answer_from_key(row["key"])
@@ -152,10 +156,11 @@ def test_two_step_rows_are_mixed_in_not_appended():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"split": "validation", "num_examples": 5}, "valid splits are train, test"),
+        ({"split": "validation", "num_examples": 5}, "valid splits are train, test, test_phrasings"),
         ({"split": "train", "num_examples": -1}, "num_examples"),
         ({"split": "train", "num_examples": 5, "two_step_fraction": 1.5}, "two_step_fraction"),
         ({"split": "test", "num_examples": 10_000}, "single-step problems"),
+        ({"split": "test_phrasings", "num_examples": 10_000}, "single-step problems"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
@@ -167,3 +172,98 @@ def test_final_answer_line():
     assert final_answer_line(85) == "Answer: 85"
     assert final_answer_line(" 7 ") == "Answer: 7"
     assert "Answer: <number>" in ANSWER_INSTRUCTION
+
+
+# --------------------------------------------------------------------------------------------
+# "test_phrasings": the test problems in a wording never used by "train" or "test"
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """A template as a regex over a question: numbers, names and nouns as wildcards."""
+    pattern = re.escape(template)
+    for field, wildcard in (("a", r"\d+"), ("b", r"\d+"), ("c", r"\d+"), ("name2", r"\w+"), ("name", r"\w+"),
+                            ("items", r"\w+")):  # fmt: skip
+        pattern = pattern.replace(re.escape(f"{{{field}}}"), wildcard)
+    return re.compile(f"^{pattern}$")
+
+
+TRAINING_PATTERNS = [_template_pattern(t) for group in TEMPLATES.values() for t in group]
+HELDOUT_PATTERNS = [_template_pattern(t) for group in HELDOUT_TEMPLATES.values() for t in group]
+
+
+def _question(row: dict[str, str]) -> str:
+    assert row["prompt"].endswith(" " + ANSWER_INSTRUCTION), row
+    return row["prompt"].removesuffix(" " + ANSWER_INSTRUCTION)
+
+
+def _words(template: str) -> list[str]:
+    """A template's words, numbers, names and nouns each one placeholder word, without punctuation."""
+    text = re.sub(r"\{[abc]\}", " <n> ", template)
+    text = re.sub(r"\{name2?\}", " <name> ", text).replace("{items}", " <items> ")
+    return re.findall(r"<\w+>|[\w']+", text.lower())
+
+
+def _runs(template: str, length: int) -> set[tuple[str, ...]]:
+    words = _words(template)
+    return {tuple(words[i : i + length]) for i in range(len(words) - length + 1)}
+
+
+def test_heldout_wording_shares_no_template_name_or_noun_with_training():
+    assert set(HELDOUT_TEMPLATES) == set(TEMPLATES)
+    assert not set(HELDOUT_NAMES) & set(NAMES) and not set(HELDOUT_ITEMS) & set(ITEMS)
+    training_runs = {run for group in TEMPLATES.values() for t in group for run in _runs(t, 4)}
+    for group, templates in HELDOUT_TEMPLATES.items():
+        assert len(templates) >= 3, group
+        for template in templates:
+            # Differ in words, not in punctuation or case: no four words in a row as in any training template.
+            assert not _runs(template, 4) & training_runs, template
+            # the question shows only the problem's numbers
+            assert not re.search(r"\d", template.replace("{name2}", "")), template
+
+
+def test_train_and_test_rows_never_use_a_heldout_phrasing():
+    heldout_words = re.compile(rf"\b({'|'.join(HELDOUT_NAMES + HELDOUT_ITEMS)})\b")
+    for split, sizes in (("train", [(0, 5000, 0.0), (7, 3000, 0.3), (11, 800, 1.0)]),
+                         ("test", [(0, 1500, 0.0), (42, 200, 0.0), (3, 1000, 0.5), (5, 300, 1.0)])):  # fmt: skip
+        for seed, size, fraction in sizes:
+            for row in generate(split, size, seed=seed, two_step_fraction=fraction):
+                question = _question(row)
+                assert any(p.match(question) for p in TRAINING_PATTERNS), question
+                assert not any(p.match(question) for p in HELDOUT_PATTERNS), question
+                assert not heldout_words.search(question), question
+
+
+@pytest.mark.parametrize("seed, size, fraction", [(42, 200, 0.0), (0, 1500, 0.2), (9, 400, 1.0)])
+def test_test_phrasings_are_the_test_problems_in_heldout_wording_only(seed, size, fraction):
+    test = generate("test", size, seed=seed, two_step_fraction=fraction, decomposed_solutions=True)
+    reworded = generate(
+        "test_phrasings", size, seed=seed, two_step_fraction=fraction, decomposed_solutions=True
+    )
+    assert [r["key"] for r in reworded] == [r["key"] for r in test]  # the same problems, the same order
+    for new, old in zip(reworded, test, strict=True):
+        assert (new["answer"], new["solution"], new["operation"]) == (
+            old["answer"],
+            old["solution"],
+            old["operation"],
+        )
+        question = _question(new)
+        assert any(p.match(question) for p in HELDOUT_PATTERNS), question
+        assert not any(p.match(question) for p in TRAINING_PATTERNS), question
+        assert not re.search(rf"\b({'|'.join(NAMES + ITEMS)})\b", question), question
+
+
+def test_test_phrasings_never_hold_a_training_problem():
+    train = set()
+    for seed, size, fraction in [(0, 5000, 0.0), (1, 2000, 0.5), (42, 4000, 0.0)]:
+        train |= keys(generate("train", size, seed=seed, two_step_fraction=fraction))
+    for seed, size, fraction in [(0, 1500, 0.0), (42, 200, 0.0), (5, 1000, 0.5)]:
+        assert not train & keys(generate("test_phrasings", size, seed=seed, two_step_fraction=fraction))
+
+
+def test_test_phrasings_are_deterministic_and_use_every_heldout_template():
+    first = generate("test_phrasings", 1200, seed=3, two_step_fraction=0.25)
+    assert first == generate("test_phrasings", 1200, seed=3, two_step_fraction=0.25)
+    other = generate("test_phrasings", 1200, seed=4, two_step_fraction=0.25)
+    assert [r["prompt"] for r in first] != [r["prompt"] for r in other]
+    used = {i for row in first for i, p in enumerate(HELDOUT_PATTERNS) if p.match(_question(row))}
+    assert used == set(range(len(HELDOUT_PATTERNS)))

@@ -14,16 +14,24 @@ number times a one-digit number (2..9), and, for a share `two_step_fraction` of 
 (a + b - c, a * b + c, a * b - c). Whether a problem is in "train" or "test" is a hash of its key, so a
 problem's numbers never appear in both splits, whatever the seed, size or phrasing; within a split keys
 are unique. Rows are a pure function of the arguments.
+
+Split "test_phrasings": the problems of "test" (the same seed and size give the same problems, in the
+same order), each worded with `HELDOUT_WORDING` instead: templates, names and nouns that no "train" or
+"test" row ever uses, with the same `ANSWER_INSTRUCTION`, answer and solution. A model that learnt the
+training templates rather than the arithmetic does worse here than on "test"; paired by `key`, the two
+splits differ in the wording alone.
 """
 
 import functools
 import hashlib
 import random
+from typing import NamedTuple
 
 from ntp_rl.common import ANSWER_LINE_PREFIX
 
 ANSWER_INSTRUCTION = "Give the final answer on the last line as 'Answer: <number>'."
-SPLITS = ("train", "test")
+HELDOUT_PHRASINGS_SPLIT = "test_phrasings"
+SPLITS = ("train", "test", HELDOUT_PHRASINGS_SPLIT)
 SINGLE_STEP_OPERATIONS = ("add", "sub", "mul")
 # Share of problem keys held out for "test": enough test problems of each operation for a paired
 # comparison (products have the fewest keys), the rest for training.
@@ -127,6 +135,79 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 TWO_STEP_FORMS = ("add_sub", "mul_add", "mul_sub")
 
+# The wording of split "test_phrasings", never used by "train" or "test": other templates, names and
+# nouns. The templates differ from the training ones in their words, not only in punctuation (the
+# tests check that no run of four words is shared), in the order the numbers come in, and in how the
+# question is asked, so that the split tells a model that learnt the arithmetic from one that learnt
+# the training phrasings. Same fields as TEMPLATES; no digits of their own (a question shows exactly
+# the problem's numbers).
+HELDOUT_NAMES = ("Grace", "Yusuf", "Elena", "Kwame", "Ingrid", "Pablo", "Mei", "Arjun", "Olga", "Samir")
+HELDOUT_ITEMS = ("pens", "bottles", "mugs", "candles", "bricks", "plates", "socks", "nails", "cups",
+                 "leaves")  # fmt: skip
+HELDOUT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "add": (
+        "What do you get if you put {a} and {b} together?",
+        "{name} owns {a} {items}; {name2} hands over another {b}. What is {name}'s count now?",
+        "Start at {a} and count up by {b}. Where do you end up?",
+        "A crate of {a} {items} sits next to a crate of {b} {items}. Both crates hold how many {items} combined?",
+        "Total up {a} and {b}.",
+        "{name} jogged for {a} minutes, rested, then jogged {b} minutes more. What was the whole jogging time in minutes?",
+        "Increase {a} by {b}. What number results?",
+        "{name}'s team won {a} medals this year and {b} last year. Over both years, what was the medal count?",
+        "If {name} places {b} extra {items} on a shelf that already carries {a}, what is the new number on the shelf?",
+        "Tell me {b} and {a} added up.",
+    ),
+    "sub": (
+        "What do you get if you take {b} away from {a}?",
+        "{name} started the day with {a} {items} and lost {b} of them on the way home. What remains?",
+        "Count down {b} steps from {a}. Which number do you land on?",
+        "A hall seats {a} people and {b} seats are taken. What number of seats is still free?",
+        "Work out {a} take away {b}.",
+        "{name2} measures {b} cm and {name} measures {a} cm. What is the gap between their heights in cm?",
+        "Reduce {a} by {b}. What number results?",
+        "A drawer contains {a} {items}, {b} of which are damaged. Give the number that are not damaged.",
+        "{name} wants to reach {a} steps today and has walked {b} so far. What is still to go?",
+        "By how much does {a} exceed {b}?",
+    ),
+    "mul": (
+        "{name} owns {b} cartons holding {a} {items} apiece. Give the total number of {items}.",
+        "What do you get from {b} lots of {a}?",
+        "A hall is set out with {a} seats per row in {b} rows. Give the seat count.",
+        "Work out {a} multiplied by {b}.",
+        "A minibus carries {a} riders per trip. After {b} full trips, what number of riders has it carried?",
+        "{name} stacks {b} piles of {a} {items}. What is the combined count of {items}?",
+        "Take {a}, {b} times over. What is the result?",
+        "{name} puts away {a} dollars every week for {b} weeks. What sum has {name} put away?",
+        "There are {b} crates, and every one weighs {a} kg. Find their combined weight in kg.",
+        "If one ticket is worth {a} points, what are {b} tickets worth?",
+    ),
+    "add_sub": (
+        "{name} began with {a} {items}, was handed {b} extra, then lost {c}. What is {name} left holding?",
+        "Start from {a}, add on {b}, then take off {c}. What number do you finish with?",
+        "A lift carries {a} riders; {b} step in and {c} step out. What is the new rider count?",
+    ),
+    "mul_add": (
+        "{name} fills {b} jars with {a} {items} apiece and keeps {c} loose ones. What is the overall number of {items}?",
+        "Take {b} groups of {a}, then tack on {c}. What is the result?",
+        "A hotel has {b} floors of {a} rooms, with {c} rooms in the annex besides. Count all the rooms.",
+    ),
+    "mul_sub": (
+        "{name} packed {b} trays of {a} {items} and dropped {c}. What number of {items} survived?",
+        "Take {b} groups of {a}, then remove {c}. What is the result?",
+        "A farm fills {b} cartons with {a} eggs apiece, but {c} eggs crack. Give the count of uncracked eggs.",
+    ),
+}
+
+
+class Wording(NamedTuple):
+    templates: dict[str, tuple[str, ...]]
+    names: tuple[str, ...]
+    items: tuple[str, ...]
+
+
+TRAINING_WORDING = Wording(TEMPLATES, NAMES, ITEMS)  # "train" and "test"
+HELDOUT_WORDING = Wording(HELDOUT_TEMPLATES, HELDOUT_NAMES, HELDOUT_ITEMS)  # "test_phrasings"
+
 
 def final_answer_line(answer: int | str) -> str:
     """The canonical last line of a solution, e.g. "Answer: 85"."""
@@ -207,11 +288,12 @@ def _row(
     key: str,
     rng: random.Random,
     decomposed: bool = False,
+    wording: Wording = TRAINING_WORDING,
 ) -> dict[str, str]:
     a, b, c = (*operands, 0)[:3]
-    name, name2 = rng.sample(NAMES, 2)
-    template = rng.choice(TEMPLATES[template_group])
-    question = template.format(a=a, b=b, c=c, name=name, name2=name2, items=rng.choice(ITEMS))
+    name, name2 = rng.sample(wording.names, 2)
+    template = rng.choice(wording.templates[template_group])
+    question = template.format(a=a, b=b, c=c, name=name, name2=name2, items=rng.choice(wording.items))
     if template_group == "add_sub":
         steps, answer = (
             [worked_step(a, "+", b, decomposed), worked_step(a + b, "-", c, decomposed)],
@@ -247,7 +329,8 @@ def generate(
     two_step_fraction: float = 0.0,
     decomposed_solutions: bool = False,
 ) -> list[dict[str, str]]:
-    """`num_examples` distinct problems of `split` ("train" or "test"), shuffled; see the module docstring.
+    """`num_examples` distinct problems of `split` ("train", "test" or "test_phrasings"), shuffled; see
+    the module docstring.
 
     Exactly `round(num_examples * two_step_fraction)` rows are two-step problems; the rest are spread
     evenly over add, sub and mul (mul has the fewest problems, 564 train and 156 test, and passes
@@ -259,6 +342,25 @@ def generate(
         raise ValueError(f"num_examples: must be >= 0, got {num_examples}")
     if not 0.0 <= two_step_fraction <= 1.0:
         raise ValueError(f"two_step_fraction: must be between 0 and 1, got {two_step_fraction}")
+    if split != HELDOUT_PHRASINGS_SPLIT:
+        problems = _problems(split, num_examples, seed, two_step_fraction, decomposed_solutions)
+        return [row for row, _ in problems]
+    # The "test" problems, drawn exactly as for "test", then worded anew with a generator of its own.
+    problems = _problems("test", num_examples, seed, two_step_fraction, decomposed_solutions)
+    rng = random.Random(f"ntp-rl/arithmetic/{split}/{seed}")
+    return [
+        _row(*problem, rng=rng, decomposed=decomposed_solutions, wording=HELDOUT_WORDING)
+        for _, problem in problems
+    ]
+
+
+Problem = tuple[str, str, tuple[int, ...], str]  # operation, template group, operands as shown, key
+
+
+def _problems(
+    split: str, num_examples: int, seed: int, two_step_fraction: float, decomposed_solutions: bool
+) -> list[tuple[dict[str, str], Problem]]:
+    """The rows of "train" or "test", each with the problem it words (`_row`'s first four arguments)."""
     rng = random.Random(f"ntp-rl/arithmetic/{split}/{seed}")
     num_two_step = round(num_examples * two_step_fraction)
     pools = {op: _single_step_keys(op, split) for op in SINGLE_STEP_OPERATIONS}
@@ -268,14 +370,15 @@ def generate(
             f"num_examples: the {split!r} split has {capacity} single-step problems, but "
             f"{num_examples - num_two_step} were asked for; lower num_examples or raise two_step_fraction"
         )
-    rows = []
+    rows: list[tuple[dict[str, str], Problem]] = []
     counts = _allocate(num_examples - num_two_step, {op: len(pool) for op, pool in pools.items()}, rng)
     for op, pool in pools.items():
         for key in rng.sample(pool, counts[op]):
             a, b = (int(x) for x in key.split(":")[1].split(","))
             if op == "add" and rng.random() < 0.5:
                 a, b = b, a  # the key is sorted; the question shows either order
-            rows.append(_row(op, op, (a, b), key, rng, decomposed_solutions))
+            problem: Problem = (op, op, (a, b), key)
+            rows.append((_row(*problem, rng, decomposed_solutions), problem))
 
     # Two-step problems number in the tens of thousands even in "test", so rejection sampling finds new
     # ones quickly; the attempt cap only turns an impossible request into an error instead of a hang.
@@ -289,7 +392,8 @@ def generate(
         key = f"two_step:{form}:{first},{second},{c}"
         if key not in seen and _split_of(key) == split:
             seen.add(key)
-            rows.append(_row("two_step", form, (a, b, c), key, rng, decomposed_solutions))
+            problem = ("two_step", form, (a, b, c), key)
+            rows.append((_row(*problem, rng, decomposed_solutions), problem))
     if len(seen) < num_two_step:
         raise ValueError(f"num_examples: could not find {num_two_step} distinct two-step {split!r} problems")
     rng.shuffle(rows)
