@@ -1,8 +1,9 @@
 """Data sources -> `datasets.Dataset` rows in the shapes TRL's trainers take.
 
-Sources: the built-in `synthetic:arithmetic` task, a local .jsonl/.json/.parquet/.csv file, or a hub
-data set. A column map renames the source's columns to ours (`prompt`, `answer`, `solution`,
-`completion`, `messages`), and `answer_pattern` extracts the gold answer from a longer answer text
+Sources: a built-in synthetic task (`synthetic:arithmetic`, `synthetic:preferences`,
+`synthetic:reviews`: ntp_rl/tasks/), a local .jsonl/.json/.parquet/.csv file, or a hub data set. A
+column map renames the source's columns to ours (`prompt`, `answer`, `solution`, `completion`,
+`messages`), and `answer_pattern` extracts the gold answer from a longer answer text
 (GSM8K's `... #### 42`). Missing columns and empty splits are reported here, before any model loads.
 """
 
@@ -20,7 +21,7 @@ from ntp_rl.errors import UserError
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SYNTHETIC_PREFIX = "synthetic:"
-SYNTHETIC_TASKS = ("arithmetic", "preferences")
+SYNTHETIC_TASKS = ("arithmetic", "preferences", "reviews")
 
 
 def _source_label(data: DataSettings) -> str:
@@ -35,7 +36,10 @@ def _load_synthetic(data: DataSettings, split: str, seed: int):
         raise UserError(
             f"{_source_label(data)}: unknown synthetic task; available: {', '.join(SYNTHETIC_TASKS)}"
         )
-    from ntp_rl.tasks import arithmetic, preferences
+    from ntp_rl.tasks import arithmetic, preferences, reviews
+
+    if task == "reviews":  # a fixed catalogue: data.max_train_examples / max_test_examples cap it
+        return Dataset.from_list(reviews.generate("train" if split == data.train_split else "test", seed))
 
     # `preferences` pairs responses to the arithmetic problems: the same options, the same split.
     generate = {"arithmetic": arithmetic.generate, "preferences": preferences.generate}[task]

@@ -43,6 +43,7 @@ from .guard import GuardedReward
 from .length import SoftOverlongPenalty
 from .math import math_accuracy
 from .scoring import WITHHELD_COLUMNS
+from .warmth import review_warmth
 
 # The one registry of built-in rewards: a recipe's `name:` is a key here; anything else is a `path:`.
 # A class is instantiated with the spec's kwargs; a function gets them bound.
@@ -50,6 +51,7 @@ BUILTIN_REWARDS: dict[str, Callable[..., Any] | type] = {
     "math_accuracy": math_accuracy,
     "format": format_reward,
     "soft_overlong_penalty": SoftOverlongPenalty,
+    "review_warmth": review_warmth,
 }
 
 # The keyword arguments TRL (1.x GRPOTrainer and RLOOTrainer) passes to every reward besides the

@@ -317,7 +317,10 @@ def test_soft_overlong_penalty_rejects_bad_settings(max_tokens, buffer):
 # --- pickling ------------------------------------------------------------------------------------
 
 BUILTIN_SETTINGS = {"soft_overlong_penalty": {"max_completion_tokens": 10, "buffer_tokens": 5}}
-BUILTIN_COLUMNS = {"math_accuracy": {"answer": ["4"]}}
+BUILTIN_COLUMNS = {
+    "math_accuracy": {"answer": ["4"]},
+    "review_warmth": {"product": ["Aurora desk lamp"], "kind": ["lamp"]},
+}
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_REWARDS))
@@ -351,6 +354,8 @@ def test_resolved_builtins_take_trl_calling_convention(name):
         completion_ids=[[5] * 6, [5] * 9],
         answer=["4", "4"],
         question=["1+3=?", "1+3=?"],
+        product=["Aurora desk lamp"] * 2,
+        kind=["lamp"] * 2,
         trainer_state=None,
         log_extra=extra.__setitem__,
         log_metric=metrics.__setitem__,
@@ -367,6 +372,7 @@ def test_builtin_names_are_what_trl_logs():
         "math_accuracy": "math_accuracy",
         "format": "format_reward",
         "soft_overlong_penalty": "soft_overlong_penalty",
+        "review_warmth": "review_warmth",
     }
 
 
