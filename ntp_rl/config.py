@@ -234,6 +234,10 @@ class RlStage(TrainingStage):
     # max_steps), logged as eval_rewards/<name>/mean; the over-optimisation monitor compares the gold
     # there. 0 = no evaluation during training.
     eval_examples: int = Field(0, ge=0)
+    # Skip the forward/backward of completions whose advantage is exactly 0 (a group that all scored the
+    # same), where that leaves the update as TRL computes it (beta 0 for GRPO; see
+    # ntp_rl/stages/rl_trainer.py). false = TRL's computation row for row.
+    skip_zero_advantage: bool = True
 
     @field_validator("rewards")
     @classmethod
@@ -326,7 +330,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     "eval": {"probes": None, "sampled_checkpoints": None},
     "reward_model": {"init_from": None, "policy_pairs": None, "seed": None},
     "sft": {"seed": None},
-    "rl": {"seed": None, "eval_examples": 0},
+    "rl": {"seed": None, "eval_examples": 0, "skip_zero_advantage": True},
 }
 
 

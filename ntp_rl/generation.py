@@ -9,6 +9,7 @@ ran before it in the same process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,47 @@ def merged_copy(model):
 
     merged = copy.deepcopy(model).merge_and_unload(adapter_names=[model.active_adapter])
     return merged.eval()
+
+
+@contextlib.contextmanager
+def merged_lora_weights(model):
+    """Run a PEFT model with its active LoRA adapters folded into the base weights; restored exactly after.
+
+    Each adapted `Linear` gets a fresh tensor W + delta for the duration and its own W back afterwards
+    (never W + delta - delta, which drifts by a rounding error at every use). peft's forward takes the
+    merged path (`merged_adapters` set) and runs none of the adapter's small operations. DoRA layers and
+    non-Linear adapted layers are left unmerged. A model without LoRA layers runs as it is.
+    """
+    import torch
+
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # no peft, no adapters
+        yield model
+        return
+    swapped = []
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if not isinstance(module, LoraLinear) or module.merged or module.disable_adapters:
+                    continue
+                active = [a for a in module.active_adapters if a in module.lora_A]
+                if not active or any(module.use_dora.get(a) for a in active):
+                    continue
+                base = module.get_base_layer()
+                original = base.weight.data
+                merged = original.clone()
+                for adapter in active:
+                    merged += module.get_delta_weight(adapter).to(merged.dtype)
+                base.weight.data = merged
+                module.merged_adapters.extend(active)
+                swapped.append((module, base, original, active))
+        yield model
+    finally:
+        for module, base, original, active in swapped:
+            base.weight.data = original
+            for adapter in active:
+                module.merged_adapters.remove(adapter)
 
 
 def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:

@@ -368,10 +368,12 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
             model, tokenizer, train, reward_funcs, weights, stage.prompt_filter, args, ctx.seed
         )
 
+    # TRL's trainers, minus the forward/backward of zero-advantage completions and with generation
+    # from merged LoRA weights: the same update (ntp_rl/stages/rl_trainer.py).
     if stage.algorithm == "rloo":
-        from trl import RLOOTrainer as Trainer
+        from ntp_rl.stages.rl_trainer import RLOOTrainer as Trainer
     else:
-        from trl import GRPOTrainer as Trainer
+        from ntp_rl.stages.rl_trainer import GRPOTrainer as Trainer
     samples = SampleLogCallback(ctx.stage_dir / SAMPLES_FILE)
     callbacks, stop = stage_callbacks(ctx)
     # Learned vs gold reward, when both are there (also on the held-out prompts, when there are some).
@@ -392,6 +394,7 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[*callbacks, samples],
+        skip_zero_advantage=stage.skip_zero_advantage,
     )
     samples.trainer = trainer
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
