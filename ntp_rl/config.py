@@ -277,6 +277,27 @@ class RewardModelStage(TrainingStage):
     policy_pairs: PolicyPairsSettings | None = None
 
 
+class ExtraSplit(StrictModel):
+    """A further split evaluated beside the main one, with the same checkpoints, decoding and scorers."""
+
+    split: str
+    # Items evaluated; None = the main split's `max_examples`.
+    max_examples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"split": value} if isinstance(value, str) else value
+
+
+def unique_extra_splits(value: list[ExtraSplit]) -> list[ExtraSplit]:
+    names = [extra.split for extra in value]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ValueError(f"split(s) {duplicated} listed twice")
+    return value
+
+
 class EvalStage(StageBase):
     """Greedy and sampled accuracy of the base and the run's trained stages on held-out prompts."""
 
@@ -286,6 +307,9 @@ class EvalStage(StageBase):
     suite: str | None = None
     split: str | None = None  # default: data.test_split
     max_examples: int | None = Field(200, gt=0)
+    # Further splits reported beside `split`, e.g. [test_phrasings] (synthetic:arithmetic's test
+    # problems in wording never used in training) or [{split: test_phrasings, max_examples: 160}].
+    extra_splits: list[ExtraSplit] = Field(default_factory=list)
     max_new_tokens: int = Field(64, gt=0)
     greedy: bool = True
     # Samples per prompt at `temperature` for sampled pass@1, pass@k and maj@k (0 = greedy only).
@@ -308,6 +332,8 @@ class EvalStage(StageBase):
     def _probes_off(cls, value: Any) -> Any:
         return None if value is False else value
 
+    _unique_extra_splits = field_validator("extra_splits")(unique_extra_splits)
+
 
 Stage = Annotated[
     Union[SftStage, RewardModelStage, RlStage, EvalStage],  # noqa: UP007
@@ -327,7 +353,7 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
 # (rl `positive_advantage_weight`, default 1) leaves the hash of runs made at its default unchanged:
 # it was never hashed there; a recipe that still sets it is refused as an unknown key.
 ADDED_LATER: dict[str, dict[str, Any]] = {
-    "eval": {"probes": None, "sampled_checkpoints": None},
+    "eval": {"probes": None, "sampled_checkpoints": None, "extra_splits": []},
     "reward_model": {"init_from": None, "policy_pairs": None, "seed": None},
     "sft": {"seed": None},
     "rl": {"seed": None, "eval_examples": 0, "skip_zero_advantage": True},
@@ -729,6 +755,11 @@ def apply_smoke(raw: dict) -> None:
         shrink_data(stage.get("data"))
         if stage.get("kind") == "eval":
             stage.update(SMOKE_EVAL)
+            if isinstance(stage.get("extra_splits"), list):  # each at the main split's smoke size
+                stage["extra_splits"] = [
+                    {**extra, "max_examples": None} if isinstance(extra, dict) else extra
+                    for extra in stage["extra_splits"]
+                ]
             if "probes" in stage:
                 stage["probes"] = _smoke_probes(stage["probes"])
             continue

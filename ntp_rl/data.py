@@ -45,7 +45,14 @@ def _load_synthetic(data: DataSettings, split: str, seed: int):
     generate = {"arithmetic": arithmetic.generate, "preferences": preferences.generate}[task]
     options = data.arithmetic
     num = options.num_train if split == data.train_split else options.num_test
-    task_split = "train" if split == data.train_split else "test"
+    # The task's splits: train, test, and test_phrasings (test's problems in held-out wording);
+    # any other name is the test split, as `data.test_split` may be named anything.
+    if split == data.train_split:
+        task_split = "train"
+    elif split == arithmetic.HELDOUT_PHRASINGS_SPLIT:
+        task_split = split
+    else:
+        task_split = "test"
     rows = generate(
         task_split,
         num,

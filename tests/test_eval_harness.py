@@ -132,6 +132,56 @@ def test_same_suite_models_and_seed_give_identical_numbers(reports):
         assert first[key] == second[key], key
 
 
+def test_extra_split_is_reported_beside_the_main_one(run, reports):
+    """eval/arithmetic.yaml lists test_phrasings: the eval stage and `ntp-rl eval` report it beside test."""
+    for folder in (run / "eval", reports[0]):
+        report = _load(folder)
+        section = report["extra_splits"]["test_phrasings"]
+        assert section["split"] == "test_phrasings" and section["num_items"] == report["num_items"]
+        assert set(section["summary"]) == {"base", "sft"}
+        for label, summary in section["summary"].items():
+            for mode, key in (("greedy", "greedy_accuracy"), ("sampled", "sampled_pass1")):
+                correct = section["items"]["results"][label][mode]["correct"]
+                assert summary[key] == pytest.approx(sum(sum(c) / len(c) for c in correct) / len(correct))
+                assert len(summary[f"{key}_ci"]) == 2
+            assert "kl_to_base" not in summary and "reference_nll" not in summary  # main split only
+        assert set(section["comparisons"]["sft vs base"]) == {"greedy", "sampled_pass1"}
+        assert section["flips"]["sft vs base"]["mode"] == "greedy"
+        # The main split's problems, in the same order, in other words.
+        assert section["items"]["gold"] == report["items"]["gold"]
+        prompts = zip(section["items"]["prompts"], report["items"]["prompts"], strict=True)
+        assert all(new != old for new, old in prompts)
+        gap = section["vs_main_split"]
+        assert (gap["split"], gap["num_items"], gap["paired_on"]) == ("test", report["num_items"], "key")
+        assert set(gap["comparisons"]) == {"base", "sft"} and "greedy" in gap["comparisons"]["sft"]
+        markdown = (folder / "report.md").read_text()
+        assert "## Splits side by side" in markdown
+        assert "| checkpoint | test greedy % [95% CI] |" in markdown
+        assert "| test_phrasings | sft vs base | greedy |" in markdown
+        assert "| test | sft vs base | sampled_pass1 |" in markdown
+        assert "Splits side by side" in (folder / "report.html").read_text()
+    done = json.loads((run / "eval" / "COMPLETE").read_text())
+    assert {"sft/test_phrasings/greedy_accuracy", "sft/test_phrasings/sampled_pass1"} <= set(done)
+
+
+def test_an_extra_split_leaves_the_main_split_unchanged(run, reports, tmp_path):
+    argv = [
+        "eval",
+        "--suite",
+        "eval/arithmetic.yaml",
+        "--model",
+        "base=tiny",
+        "--model",
+        f"sft={run / 'sft'}",
+    ]
+    out = tmp_path / "main-only"
+    assert main([*argv, *SUITE_OVERRIDES, "extra_splits=[]", "--out", str(out)]) == 0
+    alone, beside = _load(out), _load(reports[0])
+    assert "extra_splits" not in alone and "Splits side by side" not in (out / "report.md").read_text()
+    for key in ("summary", "comparisons", "flips", "items"):
+        assert alone[key] == beside[key], key
+
+
 def test_out_folder_with_a_report_is_refused(reports, capsys):
     argv = ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny", "--out", str(reports[0])]
     assert main(argv) == 2
@@ -161,6 +211,12 @@ def test_compare_combines_reports_and_pairs_them(reports, tmp_path):
     assert same["diff"] == 0 and same["wrong_to_right"] == 0 and same["right_to_wrong"] == 0
     assert "sft vs base" in combined["comparisons"]
     assert [s["path"] for s in combined["provenance"]["sources"]][1] == str(reports[1])
+    extra = combined["extra_splits"]["test_phrasings"]  # the extra split is combined and paired too
+    assert list(extra["summary"]) == ["base", "sft", "base@b", "sft@b"]
+    assert extra["summary"]["sft@b"] == _load(reports[1])["extra_splits"]["test_phrasings"]["summary"]["sft"]
+    assert extra["comparisons"]["base@b vs base"]["greedy"]["diff"] == 0
+    assert set(extra["vs_main_split"]["comparisons"]) == {"base", "sft", "base@b", "sft@b"}
+    assert "| test_phrasings | sft@b vs base | greedy |" in (out / "report.md").read_text()
 
 
 def test_compare_of_reports_on_different_items_is_side_by_side_only(run, reports, tmp_path):
@@ -169,6 +225,7 @@ def test_compare_of_reports_on_different_items_is_side_by_side_only(run, reports
     combined = _load(out)
     assert list(combined["summary"]) == ["base", "sft", "base@a", "sft@a"]
     assert combined["comparisons"] == {} and "different items" in combined["note"]
+    assert "extra_splits" not in combined  # 2 and 3 reworded items: nothing to pair there either
     assert "different items" in (out / "report.md").read_text()
 
 

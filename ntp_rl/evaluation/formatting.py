@@ -21,6 +21,76 @@ def pct_ci(value: float | None, ci: list | tuple | None) -> str:
     return f"{pct(value)} [{pct(ci[0])}, {pct(ci[1])}]"
 
 
+def comparison_row(label: str, metric: str, values: dict[str, Any]) -> list[str]:
+    """[comparison, metric, diff (points) [CI], wrong->right, right->wrong, McNemar p] of one paired comparison."""
+    return [
+        label,
+        metric,
+        f"{100 * values['diff']:+.1f} [{100 * values['ci_low']:+.1f}, {100 * values['ci_high']:+.1f}]",
+        str(values.get("wrong_to_right", "-")),
+        str(values.get("right_to_wrong", "-")),
+        f"{values['p_value']:.3g}" if "p_value" in values else "-",
+    ]
+
+
+COMPARISON_HEADER = [
+    "comparison",
+    "metric",
+    "diff (points) [95% CI]",
+    "wrong->right",
+    "right->wrong",
+    "McNemar p",
+]
+
+
+def split_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], int]]:
+    """The main split and each of `extra_splits` side by side, as (caption, header, rows, first numeric
+    column) tables for the Markdown and HTML reports: accuracies, paired comparisons per split, and each
+    checkpoint on an extra split against itself on the main one. Empty without extra splits."""
+    if not report.get("extra_splits"):
+        return []
+    splits = {report.get("split") or "main": report, **report["extra_splits"]}
+    header = ["checkpoint"]
+    for name in splits:
+        header += [f"{name} greedy % [95% CI]", f"{name} sampled pass@1 % [95% CI]"]
+    rows = []
+    for label in report["summary"]:
+        row = [label]
+        for section in splits.values():
+            s = section["summary"].get(label, {})
+            row += [
+                pct_ci(s.get("greedy_accuracy"), s.get("greedy_accuracy_ci")),
+                pct_ci(s.get("sampled_pass1"), s.get("sampled_pass1_ci")),
+            ]
+        rows.append(row)
+    sizes = ", ".join(f"{name}: {section.get('num_items')} items" for name, section in splits.items())
+    tables = [(f"The same checkpoints, decoding and seeds on each split ({sizes}).", header, rows, 1)]
+    rows = [
+        [name, *comparison_row(label, metric, values)]
+        for name, section in splits.items()
+        for label, comparison in (section.get("comparisons") or {}).items()
+        for metric, values in comparison.items()
+    ]
+    if rows:
+        tables.append(
+            ("Paired comparisons on each split (same items).", ["split", *COMPARISON_HEADER], rows, 3)
+        )
+    for name, section in report["extra_splits"].items():
+        gap = section.get("vs_main_split")
+        if gap:
+            caption = (
+                f"Each checkpoint on {name} against itself on {gap['split']}, paired on the "
+                f"{gap['num_items']} problems both hold (same {gap['paired_on']}): what the split's wording changes."
+            )
+            rows = [
+                comparison_row(label, metric, values)
+                for label, comparison in gap["comparisons"].items()
+                for metric, values in comparison.items()
+            ]
+            tables.append((caption, ["checkpoint", *COMPARISON_HEADER[1:]], rows, 2))
+    return tables
+
+
 def ranking_agreement_rows(summary: dict[str, Any]) -> list[list[str]]:
     """[checkpoint, mode, scorer, agreement [CI], prompts, pairs] rows, for the Markdown and HTML reports."""
     rows = []

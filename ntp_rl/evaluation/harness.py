@@ -34,28 +34,34 @@ from ntp_rl.evaluation.metrics import MetricModules, summarise
 from ntp_rl.evaluation.report import (
     REPORT_FORMAT,
     check_out_dir,
+    extra_split_section,
     paired_sections,
     prompt_hashes,
     write_report,
 )
-from ntp_rl.evaluation.suite import EvalSuite
+from ntp_rl.evaluation.suite import EvalSuite, ExtraSplit
 
 logger = logging.getLogger(__name__)
 
 TRAINING_CURVE_KEYS = ("reward", "loss")  # besides every `rewards/<name>/mean`
 
 
-def load_items(suite: EvalSuite, data_base_dir: Path | None) -> Any:
-    """The suite's rows (prompt, answer, ...), checked before any model loads."""
+def load_items(suite: EvalSuite, data_base_dir: Path | None, extra: ExtraSplit | None = None) -> Any:
+    """The rows (prompt, answer, ...) of the suite's split, or of one of its `extra_splits`, checked
+    before any model loads."""
     from ntp_rl.data import load_rows, require_columns
 
-    rows = load_rows(suite.data, suite.split, suite.data_seed, data_base_dir)
-    require_columns(rows, ["prompt", "answer"], f"suite {suite.name}")
-    if suite.max_examples is not None and len(rows) > suite.max_examples:
-        rows = rows.select(range(suite.max_examples))
-    if suite.reference_nll is not None and suite.reference_nll.column not in rows.column_names:
+    split = suite.split if extra is None else extra.split
+    limit = suite.max_examples if extra is None or extra.max_examples is None else extra.max_examples
+    rows = load_rows(suite.data, split, suite.data_seed, data_base_dir)
+    require_columns(rows, ["prompt", "answer"], f"suite {suite.name} split {split!r}")
+    if limit is not None and len(rows) > limit:
+        rows = rows.select(range(limit))
+    # Reference NLL (like KL and the probes) is measured on the main split only.
+    reference = suite.reference_nll if extra is None else None
+    if reference is not None and reference.column not in rows.column_names:
         raise UserError(
-            f"suite {suite.name}: reference_nll.column {suite.reference_nll.column!r} is not a column of "
+            f"suite {suite.name}: reference_nll.column {reference.column!r} is not a column of "
             f"the data (columns: {rows.column_names}); name another column or set reference_nll: null"
         )
     if suite.answer_check == "math":
@@ -63,6 +69,31 @@ def load_items(suite: EvalSuite, data_base_dir: Path | None) -> Any:
 
         check_gold_answers([str(a) for a in rows["answer"]])
     return rows
+
+
+def load_extra_items(suite: EvalSuite, data_base_dir: Path | None, main_rows: Any) -> dict[str, Any]:
+    """{split: rows} of the suite's `extra_splits`; each must have the main split's columns, which the
+    scorers were resolved against."""
+    out = {}
+    for extra in suite.extra_splits:
+        rows = load_items(suite, data_base_dir, extra)
+        missing = [c for c in main_rows.column_names if c not in rows.column_names]
+        if missing:
+            raise UserError(
+                f"suite {suite.name}: extra_splits {extra.split!r} lacks column(s) {missing} of split "
+                f"{suite.split!r} (it has {rows.column_names}); the scorers read every column"
+            )
+        out[extra.split] = rows
+    return out
+
+
+def prompt_items(prompts: list[Any], rows: Any) -> dict[str, Any]:
+    """The `items` fields of a report besides `results`: prompts, gold answers and prompt hashes."""
+    return {
+        "prompts": prompts,
+        "gold": [str(a) for a in rows["answer"]],
+        "prompt_sha256": prompt_hashes(prompts),
+    }
 
 
 def resolve_scorers(suite: EvalSuite, columns: list[str], base_dir: Path | None) -> list[Any]:
@@ -209,9 +240,10 @@ def run_suite(
         logger.info(describe_choice(dtype_record))
     suite_dir = suite_file.parent if suite_file is not None else None
     rows = load_items(suite, data_base_dir)
+    extra_rows = load_extra_items(suite, data_base_dir, rows)
     scorers = resolve_scorers(suite, rows.column_names, suite_dir or data_base_dir)
     modules = MetricModules(suite, suite_dir)
-    prompts, golds = list(rows["prompt"]), [str(a) for a in rows["answer"]]
+    prompts = list(rows["prompt"])
     decodings = _decodings(suite)
     seed = suite.generation.seed
     probe_inputs, probe_results = None, {}
@@ -231,11 +263,17 @@ def run_suite(
         return mode != "sampled" or sampled is None or label in sampled
 
     results: dict[str, dict[str, Any]] = {label: {} for label in labels}
+    extra_results: dict[str, dict[str, dict[str, Any]]] = {
+        split: {label: {} for label in labels} for split in extra_rows
+    }
+    # (split name, rows, prompts); None is the main split. Extra splits get the same decodings.
+    splits = [(None, rows, prompts)] + [(name, r, list(r["prompt"])) for name, r in extra_rows.items()]
     measures: dict[str, dict[str, Any]] = {label: {} for label in labels}
     template_hashes: dict[str, str | None] = {}
     groups = group_by_base(checkpoints)
     bar = tqdm(
-        total=sum(wanted(label, mode) for label in labels for mode, _ in decodings) * len(prompts),
+        total=sum(wanted(label, mode) for label in labels for mode, _ in decodings)
+        * sum(len(split_prompts) for _, _, split_prompts in splits),
         desc=f"eval {suite.name}",
         unit="prompt",
         disable=not is_main_process,
@@ -260,16 +298,20 @@ def run_suite(
             modes = [(mode, decoding) for mode, decoding in decodings if wanted(checkpoint.label, mode)]
             with group.for_generation(checkpoint, suite.generation.merge_adapters) as model:
                 for mode, decoding in modes:
-                    bar.set_postfix_str(f"{checkpoint.label} {mode}")
-                    tick = time.time()
-                    generations = generate(
-                        model, tokenizer, prompts, decoding, suite.generation.batch_size, bar.update
-                    )
-                    generation_seconds += time.time() - tick
-                    completions += sum(len(g.texts) for g in generations)
-                    fields = _score(generations, rows, scorers)
-                    fields["token_ids"] = [g.token_ids for g in generations]
-                    results[checkpoint.label][mode] = fields
+                    for split, split_rows, split_prompts in splits:
+                        bar.set_postfix_str(f"{checkpoint.label} {mode}" + (f" {split}" if split else ""))
+                        tick = time.time()
+                        generations = generate(
+                            model, tokenizer, split_prompts, decoding, suite.generation.batch_size, bar.update
+                        )
+                        generation_seconds += time.time() - tick
+                        completions += sum(len(g.texts) for g in generations)
+                        fields = _score(generations, split_rows, scorers)
+                        if split is None:
+                            fields["token_ids"] = [g.token_ids for g in generations]  # for KL, then dropped
+                            results[checkpoint.label][mode] = fields
+                        else:
+                            extra_results[split][checkpoint.label][mode] = fields
             if reference_pairs is not None:
                 with group.active(checkpoint) as model:
                     nll = per_token_nll(model, reference_pairs, pad_id, suite.score_batch_size)
@@ -328,11 +370,22 @@ def run_suite(
         beyond_ntp = beyond_ntp_section(
             suite.probes, results_in_order, summary, reference_label(labels), adapters
         )
-    items = {
-        "prompts": prompts,
-        "gold": golds,
-        "prompt_sha256": prompt_hashes(prompts),
-        "results": results,
+    items = {**prompt_items(prompts, rows), "results": results}
+
+    def keys(split_rows: Any) -> list[str] | None:  # what pairs an item with the main split's (same problem)
+        return [str(k) for k in split_rows["key"]] if "key" in split_rows.column_names else None
+
+    extra_splits = {
+        split: extra_split_section(
+            split,
+            {**prompt_items(list(split_rows["prompt"]), split_rows), "results": extra_results[split]},
+            {label: summarise(extra_results[split][label], modules, {}, seed) for label in labels},
+            main=(suite.split, keys(rows), results),
+            keys=keys(split_rows),
+            seed=seed,
+            max_examples=suite.flip_examples,
+        )
+        for split, split_rows in extra_rows.items()
     }
     seconds = time.time() - started
     report: dict[str, Any] = {
@@ -349,6 +402,7 @@ def run_suite(
         "checkpoints": {c.label: str(c.adapter) if c.adapter is not None else c.base for c in checkpoints},
         "summary": summary,
         **paired_sections(items, labels, seed, suite.flip_examples),
+        **({"extra_splits": extra_splits} if extra_splits else {}),
         "training_curves": {c.label: training_curves(c.stage_dir) for c in checkpoints if c.stage_dir},
         **({"beyond_ntp": beyond_ntp} if beyond_ntp is not None else {}),
         "timing": {

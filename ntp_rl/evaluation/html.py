@@ -14,7 +14,7 @@ import json
 from html import escape
 from typing import Any
 
-from ntp_rl.evaluation.formatting import num_ci, pct_ci, ranking_agreement_rows, settings_line
+from ntp_rl.evaluation.formatting import num_ci, pct_ci, ranking_agreement_rows, settings_line, split_tables
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -202,6 +202,11 @@ def render_html(report: dict[str, Any]) -> str:
     for plot, alt in ((plot_accuracy(summary), "accuracy per checkpoint with 95% CI"),):
         if plot:
             parts.append(_img(plot, alt))
+    tables = split_tables(report)
+    if tables:
+        parts.append("<h2>Splits side by side</h2>")
+    for caption, header, table_rows, numeric_from in tables:
+        parts += [f"<p>{escape(caption)}</p>", _table(header, table_rows, numeric_from)]
 
     ks = sorted({k for s in summary.values() for k in s.get("pass_at_k", {})}, key=int)
     if ks:

@@ -21,7 +21,16 @@ from typing import Any
 from ntp_rl.checkpoints import reference_label
 from ntp_rl.common import utc_now, write_json_atomic
 from ntp_rl.errors import UserError
-from ntp_rl.evaluation.formatting import md_cell, num_ci, pct, pct_ci, ranking_agreement_rows, settings_line
+from ntp_rl.evaluation.formatting import (
+    comparison_row,
+    md_cell,
+    num_ci,
+    pct,
+    pct_ci,
+    ranking_agreement_rows,
+    settings_line,
+    split_tables,
+)
 from ntp_rl.stats import mcnemar_exact, paired_bootstrap_diff
 
 REPORT_FORMAT = "ntp-rl-eval-report/1"
@@ -156,6 +165,61 @@ def paired_sections(items: dict[str, Any], labels: list[str], seed: int, max_exa
     }
 
 
+def _select(results: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+    return {mode: {"correct": [fields["correct"][i] for i in indices]} for mode, fields in results.items()}
+
+
+def across_splits(
+    main_keys: list[str], main_results: dict[str, Any], keys: list[str], results: dict[str, Any], seed: int
+) -> dict[str, Any] | None:
+    """Each checkpoint on an extra split against itself on the main split, paired on the problems both
+    hold (the same `key`): for `test_phrasings`, what the wording alone changes. None when none match."""
+    if len(set(main_keys)) != len(main_keys) or len(set(keys)) != len(keys):
+        return None  # a key that is not unique pairs nothing for certain
+    where = {key: index for index, key in enumerate(main_keys)}
+    pairs = [(where[key], index) for index, key in enumerate(keys) if key in where]
+    if not pairs:
+        return None
+    main_indices, indices = [i for i, _ in pairs], [j for _, j in pairs]
+    return {
+        "num_items": len(pairs),
+        "paired_on": "key",
+        "comparisons": {
+            label: compare_pair(
+                _select(main_results[label], main_indices), _select(results[label], indices), seed
+            )
+            for label in results
+        },
+    }
+
+
+def extra_split_section(
+    split: str,
+    items: dict[str, Any],
+    summary: dict[str, Any],
+    *,
+    main: tuple[str, list[str] | None, dict[str, Any]],
+    keys: list[str] | None,
+    seed: int,
+    max_examples: int,
+) -> dict[str, Any]:
+    """One of a suite's `extra_splits` in a report: its summary, its paired comparisons and flips (as
+    for the main split), and each checkpoint against itself on the main split where items pair up."""
+    labels = list(items["results"])
+    section: dict[str, Any] = {
+        "split": split,
+        "num_items": len(items["prompts"]),
+        "summary": summary,
+        **paired_sections(items, labels, seed, max_examples),
+    }
+    main_split, main_keys, main_results = main
+    gap = across_splits(main_keys, main_results, keys, items["results"], seed) if main_keys and keys else None
+    if gap is not None:
+        section["vs_main_split"] = {"split": main_split, **gap}
+    section["items"] = items
+    return section
+
+
 # --------------------------------------------------------------------------------------------
 # Text renderings
 
@@ -181,6 +245,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {s.get(f'{mode}_mean_tokens', 0):.1f} | {num_ci(s.get('kl_to_base'))} "
             f"| {num_ci(s.get('reference_nll'), 3)} |"
         )
+    tables = split_tables(report)
+    if tables:
+        lines += ["", "## Splits side by side"]
+        for caption, header, rows, _ in tables:
+            lines += ["", caption, "", *_md_table(header, rows)]
     ks = sorted({k for s in report["summary"].values() for k in s.get("pass_at_k", {})}, key=int)
     if ks:
         lines += ["", "## pass@k and maj@k (sampled, %)", ""]
@@ -231,10 +300,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["|---|---|---|---|---|---|"]
         for label, comparison in report["comparisons"].items():
             for metric, values in comparison.items():
-                diff = f"{100 * values['diff']:+.1f} [{100 * values['ci_low']:+.1f}, {100 * values['ci_high']:+.1f}]"
-                flips_ = (values.get("wrong_to_right", "-"), values.get("right_to_wrong", "-"))
-                p = f"{values['p_value']:.3g}" if "p_value" in values else "-"
-                lines.append(f"| {md_cell(label)} | {metric} | {diff} | {flips_[0]} | {flips_[1]} | {p} |")
+                lines.append(
+                    "| " + " | ".join(md_cell(c) for c in comparison_row(label, metric, values)) + " |"
+                )
     elif report.get("note"):
         lines += ["", f"_{report['note']}_"]
     for label, flip in (report.get("flips") or {}).items():
@@ -264,6 +332,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(md_cell(h) for h in header) + " |", "|---" * len(header) + "|"]
+    return lines + ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+
+
 def summary_text(report: dict[str, Any]) -> str:
     """A few lines for the terminal: accuracy per checkpoint and the paired comparisons."""
     parts = []
@@ -280,6 +353,20 @@ def summary_text(report: dict[str, Any]) -> str:
                 f"{label} {metric}: {100 * values['diff']:+.1f} points "
                 f"[{100 * values['ci_low']:+.1f}, {100 * values['ci_high']:+.1f}]"
             )
+    for split, section in (report.get("extra_splits") or {}).items():
+        for name, summary in section["summary"].items():
+            bits = [
+                f"{text} {pct(summary[key])}%"
+                for key, text in (("greedy_accuracy", "greedy"), ("sampled_pass1", "sampled pass@1"))
+                if key in summary
+            ]
+            parts.append(f"[{split}] {name}: " + ", ".join(bits))
+        for label, comparison in section["comparisons"].items():
+            for metric, values in comparison.items():
+                parts.append(
+                    f"[{split}] {label} {metric}: {100 * values['diff']:+.1f} points "
+                    f"[{100 * values['ci_low']:+.1f}, {100 * values['ci_high']:+.1f}]"
+                )
     return "\n".join(parts)
 
 
@@ -373,6 +460,48 @@ def merge_beyond_ntp(
     return merged
 
 
+def merge_extra_splits(
+    reports: list[dict[str, Any]],
+    renamed: list[dict[str, str]],
+    labels: list[str],
+    seed: int,
+    max_examples: int,
+) -> dict[str, Any]:
+    """The extra splits every report holds on the same items, combined and paired under the compare labels."""
+    sections: dict[str, Any] = {}
+    names = [name for name in reports[0].get("extra_splits") or {}]
+    for name in names:
+        parts = [(r.get("extra_splits") or {}).get(name) for r in reports]
+        if any(part is None or "items" not in part for part in parts):
+            continue
+        if any(part["items"]["prompt_sha256"] != parts[0]["items"]["prompt_sha256"] for part in parts):
+            continue
+        items = {k: parts[0]["items"][k] for k in ("prompts", "gold", "prompt_sha256")}
+        items["results"], summary, gaps = {}, {}, {}
+        for part, mapping in zip(parts, renamed, strict=True):
+            for old, new in mapping.items():
+                items["results"][new] = part["items"]["results"][old]
+                summary[new] = part["summary"][old]
+                if old in (part.get("vs_main_split") or {}).get("comparisons", {}):
+                    gaps[new] = part["vs_main_split"]["comparisons"][old]
+        section = {
+            "split": name,
+            "num_items": parts[0].get("num_items"),
+            "summary": summary,
+            **paired_sections(items, labels, seed, max_examples),
+        }
+        first_gap = parts[0].get("vs_main_split")
+        same_gap = first_gap and all(
+            {k: (p.get("vs_main_split") or {}).get(k) for k in ("split", "num_items")}
+            == {k: first_gap[k] for k in ("split", "num_items")}
+            for p in parts
+        )
+        if same_gap:
+            section["vs_main_split"] = {**first_gap, "comparisons": gaps}
+        sections[name] = {**section, "items": items}
+    return sections
+
+
 def compare_reports(paths: list[Path], out: Path, seed: int = 0, max_examples: int = 3) -> dict[str, Any]:
     """One combined report from earlier ones: every checkpoint side by side, paired where items match."""
     if len(paths) < 2:
@@ -433,6 +562,9 @@ def compare_reports(paths: list[Path], out: Path, seed: int = 0, max_examples: i
             "the reports were made on different items (prompt hashes differ) or lack per-item results: "
             "checkpoints are shown side by side, without paired comparisons"
         )
+    extra_splits = merge_extra_splits([r for _, r in reports], renamed, labels, seed, max_examples)
+    if extra_splits:
+        combined["extra_splits"] = extra_splits
     beyond_ntp = merge_beyond_ntp(
         [r for _, r in reports], renamed, combined["summary"], reference_label(labels)
     )

@@ -20,17 +20,19 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 import ntp_rl
 from ntp_rl.config import (
     DataSettings,
+    ExtraSplit,
     RewardSpecSettings,
     StrictModel,
     _suggest,
     format_path,
     model_at,
     read_yaml,
+    unique_extra_splits,
 )
 from ntp_rl.errors import UserError
 from ntp_rl.probe_settings import ProbeSettings
@@ -126,6 +128,10 @@ class EvalSuite(StrictModel):
     data_seed: int = 42
     split: str = "test"
     max_examples: int | None = Field(200, gt=0)
+    # Further splits of the same data, each evaluated like `split` (same checkpoints, decoding, scorers
+    # and metrics; no KL, NLL or probes) and reported beside it, paired comparisons included:
+    # [test_phrasings] or [{split: test_phrasings, max_examples: 160}] (None = `max_examples`).
+    extra_splits: list[ExtraSplit] = Field(default_factory=list)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     # How a completion's final answer is read and checked for accuracy, pass@k, maj@k and
     # extraction failures: `math` is `score_math_answer`, the check behind the math_accuracy reward.
@@ -151,6 +157,14 @@ class EvalSuite(StrictModel):
     @classmethod
     def _false_is_off(cls, value: Any) -> Any:
         return None if value is False else value
+
+    @field_validator("extra_splits")
+    @classmethod
+    def _extra_splits_differ(cls, value: list[ExtraSplit], info: ValidationInfo) -> list[ExtraSplit]:
+        main = info.data.get("split")
+        if any(extra.split == main for extra in value):
+            raise ValueError(f"{main!r} is the main split (`split`) already")
+        return unique_extra_splits(value)
 
     @field_validator("metrics")
     @classmethod

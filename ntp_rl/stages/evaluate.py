@@ -6,6 +6,8 @@ What to evaluate on is either the stage's inline settings (the recipe's test spl
 `num_samples` samples, the run's training rewards as scorers) or a suite file
 (`suite: eval/arithmetic.yaml`, read from the recipe's folder, the current folder, then the bundled
 suites); inline settings the recipe sets explicitly override the suite's (so `--smoke` shrinks it).
+`extra_splits` are evaluated the same way and reported beside the main split (`test_phrasings`: the
+arithmetic test problems in wording never used in training).
 Writes `<stage>/report.json` (the source of truth), `report.md`, `report.html` and `samples.jsonl`.
 """
 
@@ -39,6 +41,7 @@ __all__ = ["BASE", "eval_checkpoints", "render_markdown", "run_eval", "stage_sui
 _STAGE_TO_SUITE = {
     "split": ("split",),
     "max_examples": ("max_examples",),
+    "extra_splits": ("extra_splits",),
     **{
         key: ("generation", key)
         for key in (
@@ -119,12 +122,13 @@ def stage_suite(
         except UserError as exc:
             raise UserError(f"{where}.suite: {exc}") from None
         raw = suite.model_dump(mode="json")
+        inline = stage.model_dump(mode="json")
         for key in stage.model_fields_set & set(_STAGE_TO_SUITE):
             *parents, last = _STAGE_TO_SUITE[key]
             node = raw
             for parent in parents:
                 node = node[parent]
-            node[last] = getattr(stage, key)
+            node[last] = inline[key]
         if stage.data is not None:
             raw["data"] = stage.data.model_dump(mode="json")
         if "probes" in stage.model_fields_set:
@@ -140,12 +144,18 @@ def stage_suite(
         in load_rows(data, stage.split or data.test_split, recipe.run.seed, recipe_dir).column_names
     ):
         reference = ReferenceNllSettings(column="solution")
+    if any(extra.split == (stage.split or data.test_split) for extra in stage.extra_splits):
+        raise UserError(
+            f"{where}.extra_splits: {stage.split or data.test_split!r} is the stage's main split already "
+            "(`split`, default data.test_split); list only further splits"
+        )
     suite = EvalSuite(
         name=stage.stage_name,
         data=data,
         data_seed=recipe.run.seed,
         split=stage.split or data.test_split,
         max_examples=stage.max_examples,
+        extra_splits=stage.extra_splits,
         generation=GenerationSettings(
             greedy=stage.greedy,
             num_samples=stage.num_samples,
@@ -166,7 +176,7 @@ def stage_suite(
 
 def check_eval_stage(recipe: Recipe, stage: EvalStage, index: int, recipe_dir: Path) -> None:
     """Preflight, before any model loads: the suite, its data and columns, scorers and metric modules."""
-    from ntp_rl.evaluation.harness import load_items, resolve_scorers
+    from ntp_rl.evaluation.harness import load_extra_items, load_items, resolve_scorers
     from ntp_rl.evaluation.suite import resolve_metric_path
 
     labels = [BASE, *evaluated_stages(recipe, stage, index)]
@@ -178,6 +188,7 @@ def check_eval_stage(recipe: Recipe, stage: EvalStage, index: int, recipe_dir: P
             f"evaluates ({labels})"
         )
     rows = load_items(suite, recipe_dir)
+    extra_rows = load_extra_items(suite, recipe_dir, rows)
     resolve_scorers(suite, rows.column_names, path.parent if path else recipe_dir)
     for i, spec in enumerate(suite.metrics):
         where = f"stages[{index}] suite {path}: metrics[{i}]" if path else f"stages[{index}] metrics[{i}]"
@@ -186,7 +197,8 @@ def check_eval_stage(recipe: Recipe, stage: EvalStage, index: int, recipe_dir: P
 
     model, where = recipe.model, f"stages[{index}] ({stage.stage_name})"
     tokens = suite.generation.max_new_tokens
-    check_prompts_fit(model.name_or_path, rows["prompt"], tokens, where, model.trust_remote_code)
+    for split_rows in [rows, *extra_rows.values()]:
+        check_prompts_fit(model.name_or_path, split_rows["prompt"], tokens, where, model.trust_remote_code)
     if suite.probes is not None:
         from ntp_rl.probes.run import prepare_inputs
 
@@ -245,4 +257,13 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
         for key, value in s.items()
         if key in ("greedy_accuracy", "sampled_pass1")
     }
+    for split, section in (report.get("extra_splits") or {}).items():
+        headline.update(
+            {
+                f"{name}/{split}/{key}": value
+                for name, s in section["summary"].items()
+                for key, value in s.items()
+                if key in ("greedy_accuracy", "sampled_pass1")
+            }
+        )
     return {"report": str(ctx.stage_dir / "report.json"), "summary": text, **headline}
