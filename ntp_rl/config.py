@@ -248,11 +248,16 @@ class RlStage(TrainingStage):
 
 
 class PolicyPairsSettings(StrictModel):
-    """Preference pairs from the policy's own samples, ranked by a gold reward (reward_model stage)."""
+    """Preference pairs from the policy's own samples, labelled by a gold reward (reward_model stage).
+
+    The labeller is any reward spec (`gold`); with `tau` or `disagreement` it labels with
+    Bradley-Terry noise, as human labellers disagree with each other: of two samples a and b, a is
+    preferred with probability sigmoid((gold(a) - gold(b)) / tau). Neither: the gold's own ranking.
+    """
 
     # An earlier sft stage: its adapter over the base is the policy sampled.
     policy: str
-    # What ranks the samples: a reward spec, by default the arithmetic checker.
+    # The labeller: a reward spec, by default the arithmetic checker.
     gold: RewardSpecSettings = Field(default_factory=lambda: RewardSpecSettings(name="math_accuracy"))
     prompts: int = Field(256, gt=0)  # training prompts sampled (the stage data's train split)
     samples: int = Field(4, ge=2)  # completions per prompt
@@ -260,6 +265,17 @@ class PolicyPairsSettings(StrictModel):
     max_new_tokens: int = Field(64, gt=0)
     max_pairs_per_prompt: int = Field(4, gt=0)
     batch_size: int = Field(64, gt=0)  # sequences per generate call
+    # Bradley-Terry temperature of the labels, in the gold's units: higher = noisier. None = noiseless.
+    tau: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    # Instead of tau: the share of labels that should disagree with the noiseless gold (human labellers
+    # disagree with each other on 25-35 % of comparisons); tau is solved on the pairs drawn.
+    disagreement: float | None = Field(None, gt=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> PolicyPairsSettings:
+        if self.tau is not None and self.disagreement is not None:
+            raise ValueError("give `tau` or `disagreement` (from which tau is solved), not both")
+        return self
 
 
 class RewardModelStage(TrainingStage):
@@ -267,7 +283,8 @@ class RewardModelStage(TrainingStage):
 
     kind: Literal["reward_model"]
     # Held-out pairs (test split) on which pairwise accuracy and margin are measured before and after
-    # training (0 = skip).
+    # training (0 = skip). With prompt-only data and policy_pairs: held-out prompts, whose policy
+    # samples are paired and labelled by the gold without noise.
     eval_examples: int = Field(200, ge=0)
     # An earlier sft stage: its adapter is merged into the base first, so the reward model starts
     # from the fine-tuned policy (as InstructGPT's did) instead of the base. None = the base.
@@ -359,6 +376,9 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     "rl": {"seed": None, "eval_examples": 0, "skip_zero_advantage": True},
 }
 
+# The same for keys of a reward_model stage's `policy_pairs`.
+POLICY_PAIRS_ADDED_LATER: dict[str, Any] = {"tau": None, "disagreement": None}
+
 
 class Recipe(StrictModel):
     run: RunSettings
@@ -401,6 +421,10 @@ class Recipe(StrictModel):
             for key, default in ADDED_LATER.get(stage["kind"], {}).items():
                 if key in stage and stage[key] == default:
                     del stage[key]
+            pairs = stage.get("policy_pairs")
+            for key, default in POLICY_PAIRS_ADDED_LATER.items():
+                if isinstance(pairs, dict) and key in pairs and pairs[key] == default:
+                    del pairs[key]
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

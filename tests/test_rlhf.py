@@ -19,7 +19,7 @@ from ntp_rl.rewards.registry import RewardSpec
 from safetensors.torch import load_file
 
 from ntp_rl.cli import main
-from ntp_rl.stages.reward_model import policy_pairs_from_samples
+from ntp_rl.stages.policy_pairs import policy_pairs_from_samples
 from tests.conftest import REPO
 
 WORDS = "apple river stone cloud green paper light table music window garden silver".split()
@@ -360,15 +360,19 @@ def test_reward_model_adds_pairs_of_the_policys_own_samples(write_recipe, tmp_pa
     saved = tmp_path / "runs" / "rm-policy-pairs" / "reward_model" / "policy_samples.jsonl"
     records = [json.loads(line) for line in saved.read_text().splitlines()]
     assert len(records) == 5 and all(len(r["completions"]) == len(r["scores"]) == 3 for r in records)
-    pairs, mixed = policy_pairs_from_samples(records, 2, seed=42)
-    assert (len(pairs), mixed) == (stats["pairs"], stats["prompts_with_a_difference"])
+    pairs, again = policy_pairs_from_samples(records, 2, seed=42)
+    assert (len(pairs), again["prompts_with_a_difference"]) == (
+        stats["pairs"],
+        stats["prompts_with_a_difference"],
+    )
+    assert stats["noise"] == "none" and stats["realised_disagreement"] in (0.0, None)
 
 
 def test_policy_pairs_are_read_back_when_the_stage_resumes(tmp_path, monkeypatch):
     """A resumed stage reuses the samples it wrote instead of sampling the policy again."""
     from types import SimpleNamespace
 
-    from ntp_rl.stages import reward_model
+    from ntp_rl.stages import policy_pairs
 
     records = [
         {"prompt": "What is 1 + 1?", "completions": ["2", "3", "2"], "scores": [1.0, 0.0, 1.0]},
@@ -379,13 +383,13 @@ def test_policy_pairs_are_read_back_when_the_stage_resumes(tmp_path, monkeypatch
     def sample_again(*args):
         raise AssertionError("sampled again")
 
-    monkeypatch.setattr(reward_model, "_sample_and_score", sample_again)
+    monkeypatch.setattr(policy_pairs, "_sample_and_score", sample_again)
     ctx = SimpleNamespace(stage_dir=tmp_path, is_main_process=True)
-    assert reward_model.sample_policy(ctx, None, None) == records
-    pairs, mixed = policy_pairs_from_samples(records, 4, seed=0)
-    assert mixed == 1 and [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
-        ("2", "3")
-    ]
+    assert policy_pairs.sample_policy(ctx, None, None) == {"train": records}
+    pairs, stats = policy_pairs_from_samples(records, 4, seed=0)
+    assert stats["prompts_with_a_difference"] == 1 and [
+        (p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs
+    ] == [("2", "3")]
 
 
 def test_policy_pairs_need_an_earlier_sft_stage_and_a_usable_gold(write_recipe, tmp_path, capsys):

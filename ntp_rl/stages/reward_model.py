@@ -17,12 +17,14 @@ once, saved as a plain model folder in `<stage>/init_base/`, and the reward mode
 over it; the adapter records that folder as its base, so it loads like any other.
 
 With `policy_pairs:` the stage first samples the policy (an sft stage's adapter) on `prompts` training
-prompts, `samples` completions each, ranks them with a gold reward (`math_accuracy` by default), and adds
-up to `max_pairs_per_prompt` (better, worse) pairs per prompt to the training pairs: comparisons of the
-policy's own outputs, as RLHF's labellers make them, so the reward model meets the errors the policy
-makes rather than only the ones the data's authors thought of. Counts go to the results
-(`policy_pairs`), the samples and their scores to `<stage>/policy_samples.jsonl` (a resumed stage reads
-them back instead of sampling again); the held-out measurements stay on the data's test pairs.
+prompts, `samples` completions each, has a labeller (a gold reward, `math_accuracy` by default) label
+up to `max_pairs_per_prompt` pairs per prompt, with Bradley-Terry noise if asked, and adds them to the
+training pairs: comparisons of the policy's own outputs, as RLHF's labellers make them
+(`ntp_rl/stages/policy_pairs.py`). With prompt-only data the reward model learns from those pairs
+alone, and its held-out pairs are the policy's samples on test prompts, labelled by the gold without
+noise. Counts and the labels' realised disagreement with the gold go to the results (`policy_pairs`),
+the samples and their scores to `<stage>/policy_samples.jsonl` (a resumed stage reads them back
+instead of sampling again).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import time
 from typing import Any
 
 from ntp_rl.config import RewardModelStage, build_dataclass
-from ntp_rl.data import load_rows
+from ntp_rl.data import load_rows, to_prompt_format
 from ntp_rl.models import load_sequence_classifier, load_tokenizer
 from ntp_rl.preference_data import to_preference_format
 from ntp_rl.rewards.learned import score_conversations
@@ -46,6 +48,12 @@ from ntp_rl.stages.common import (
     check_stage_adapter,
     last_checkpoint,
     stage_callbacks,
+)
+from ntp_rl.stages.policy_pairs import (
+    check_labeller,
+    is_prompt_only,
+    resolve_policy_gold,
+    sample_policy_pairs,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,165 +72,33 @@ REWARD_MODEL_DEFAULTS: dict[str, Any] = {
 }
 SCORE_HEAD = "score"  # the classification head's module name in transformers' *ForSequenceClassification
 INIT_BASE_DIR = "init_base"  # the base with the init_from stage's adapter merged in
-POLICY_SAMPLES_FILE = "policy_samples.jsonl"  # policy_pairs: the samples and their gold scores
 
 
 def prepare_preference_data(recipe, stage: RewardModelStage, index: int, recipe_dir):
-    """Load and check the stage's pairs (before any model is loaded): (train, held_out or None)."""
+    """Load and check the stage's pairs (before any model is loaded): (train, held_out or None).
+
+    With `policy_pairs` and prompt-only data (no `chosen`/`rejected`), the prompts instead (as
+    conversations, other columns kept): the training prompts and `eval_examples` test prompts, whose
+    policy samples become the pairs.
+    """
     where = f"stages[{index}] ({stage.stage_name})"
     data = recipe.stage_data(stage)
     seed = recipe.run.seed
-    train = to_preference_format(
-        load_rows(data, data.train_split, seed, recipe_dir), data, data.train_split, where
-    )
+    rows = load_rows(data, data.train_split, seed, recipe_dir)
+    prompts_only = stage.policy_pairs is not None and is_prompt_only(rows.column_names)
+
+    def convert(rows, split: str):
+        if prompts_only:
+            return to_prompt_format(rows, f"{where}: data.source {data.source!r} split {split!r}")
+        return to_preference_format(rows, data, split, where)
+
+    train = convert(rows, data.train_split)
     held_out = None
     if stage.eval_examples:
         rows = load_rows(data, data.test_split, seed, recipe_dir)
         rows = rows.select(range(min(len(rows), stage.eval_examples)))
-        held_out = to_preference_format(rows, data, data.test_split, where)
+        held_out = convert(rows, data.test_split)
     return train, held_out
-
-
-def resolve_policy_gold(stage: RewardModelStage, index: int, columns: list[str], recipe_dir):
-    """`policy_pairs.gold` resolved and checked against the preference data's columns (UserError if not)."""
-    from ntp_rl.errors import UserError
-    from ntp_rl.rewards.registry import resolve_rewards
-
-    where = f"stages[{index}].policy_pairs"
-    if "prompt" not in columns:
-        raise UserError(f"{where}: the preference data has no `prompt` column to sample the policy on")
-    data_columns = [c for c in columns if c not in ("chosen", "rejected")]
-    (gold,) = resolve_rewards(
-        [stage.policy_pairs.gold],
-        recipe_dir,
-        where=f"{where}.gold",
-        available_columns=data_columns,
-    )
-    return gold
-
-
-def sample_policy(ctx: StageContext, stage: RewardModelStage, train) -> list[dict[str, Any]]:
-    """The policy's samples on training prompts with their gold scores, one record per prompt.
-
-    The main process samples and writes them to `<stage>/policy_samples.jsonl` (prompt, completions,
-    scores: what the pairs were made of); every process reads them from there, and so does a resumed
-    stage instead of sampling again.
-    """
-    from accelerate import PartialState
-
-    saved = ctx.stage_dir / POLICY_SAMPLES_FILE
-    if not saved.is_file():  # else written whole (renamed from .partial) by an earlier attempt
-        if ctx.is_main_process:
-            records = _sample_and_score(ctx, stage, train)
-            partial = saved.with_name(saved.name + ".partial")
-            partial.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-            partial.rename(saved)
-        PartialState().wait_for_everyone()
-    else:
-        logger.info("policy pairs: samples read from %s (sampled before the stage was resumed)", saved)
-    return [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
-
-
-def _sample_and_score(ctx: StageContext, stage: RewardModelStage, train) -> list[dict[str, Any]]:
-    from peft import PeftModel
-    from tqdm.auto import tqdm
-
-    from ntp_rl.generation import Decoding, generate, merged_copy
-    from ntp_rl.models import load_causal_lm
-    from ntp_rl.rewards.scoring import score_completions
-
-    settings = stage.policy_pairs
-    gold = resolve_policy_gold(stage, ctx.index, train.column_names, ctx.recipe_dir)
-    columns = [c for c in train.column_names if c not in ("prompt", "chosen", "rejected")]
-    adapter = check_stage_adapter(
-        ctx.run_dir / settings.policy / ADAPTER_DIR, f"stages[{ctx.index}].policy_pairs.policy"
-    )
-    rows = train.shuffle(seed=ctx.seed).select(range(min(settings.prompts, len(train))))
-    trust = ctx.recipe.model.trust_remote_code
-    tokenizer = load_tokenizer(ctx.base_model_path, trust)
-    policy = PeftModel.from_pretrained(load_causal_lm(ctx.base_model_path, ctx.dtype, trust), str(adapter))
-    sampler = merged_copy(policy)
-    del policy
-    n = settings.samples
-    decoding = Decoding(
-        num_samples=n,
-        temperature=settings.temperature,
-        max_new_tokens=settings.max_new_tokens,
-        seed=ctx.seed,
-    )
-    with tqdm(total=len(rows), desc="policy pairs", unit="prompt") as bar:
-        generations = generate(
-            sampler, tokenizer, list(rows["prompt"]), decoding, settings.batch_size, bar.update
-        )
-    del sampler
-    texts = [text for g in generations for text in g.texts]
-    (scores,) = score_completions(
-        [gold],
-        [1.0],  # one reward: only its own values are used, not a weighted sum
-        [p for p in rows["prompt"] for _ in range(n)],
-        texts,
-        [ids for g in generations for ids in g.token_ids],
-        {c: [v for v in rows[c] for _ in range(n)] for c in columns},
-    ).per_reward
-    records = [
-        {
-            "prompt": row["prompt"],
-            "completions": texts[i * n : (i + 1) * n],
-            "scores": scores[i * n : (i + 1) * n],
-            "gold": gold.__name__,
-        }
-        for i, row in enumerate(rows)
-    ]
-    return records
-
-
-def policy_pairs_from_samples(records: list[dict[str, Any]], max_pairs_per_prompt: int, seed: int):
-    """(better, worse) pairs of one prompt's samples, at most `max_pairs_per_prompt` per prompt."""
-    import random
-
-    rng = random.Random(seed)
-    pairs, mixed = [], 0
-    for record in records:
-        scored = [
-            (s, t) for s, t in zip(record["scores"], record["completions"], strict=True) if s is not None
-        ]
-        candidates = sorted(
-            {
-                (better, worse)
-                for sb, better in scored
-                for sw, worse in scored
-                if sb > sw and better.strip() and worse.strip()
-            }
-        )
-        if not candidates:
-            continue
-        mixed += 1
-        for better, worse in rng.sample(candidates, min(max_pairs_per_prompt, len(candidates))):
-            pairs.append(
-                {
-                    "prompt": record["prompt"],
-                    "chosen": [{"role": "assistant", "content": better}],
-                    "rejected": [{"role": "assistant", "content": worse}],
-                }
-            )
-    return pairs, mixed
-
-
-def sample_policy_pairs(ctx: StageContext, stage: RewardModelStage, train):
-    """(better, worse) pairs of the policy's own samples on training prompts, as conversational rows."""
-    from datasets import Dataset
-
-    records = sample_policy(ctx, stage, train)
-    pairs, mixed = policy_pairs_from_samples(records, stage.policy_pairs.max_pairs_per_prompt, ctx.seed)
-    stats = {"prompts": len(records), "prompts_with_a_difference": mixed, "pairs": len(pairs)}
-    logger.info(
-        "policy pairs: %d pairs from %d of %d prompts whose samples differ under %s",
-        len(pairs),
-        mixed,
-        len(records),
-        records[0]["gold"] if records else "the gold reward",
-    )
-    return Dataset.from_list(pairs) if pairs else None, stats
 
 
 def merged_init_base(ctx: StageContext, stage: RewardModelStage) -> str:
@@ -290,7 +166,8 @@ class RewardModelRunner(StageRunner):
             self.recipe, self.stage, self.index, self.recipe_dir
         )
         if self.stage.policy_pairs is not None:  # type: ignore[attr-defined]
-            resolve_policy_gold(self.stage, self.index, self.train.column_names, self.recipe_dir)
+            gold = resolve_policy_gold(self.stage, self.index, self.train.column_names, self.recipe_dir)
+            check_labeller(gold, self.stage, self.index, self.train)
         self.check_trainer_args(**REWARD_MODEL_DEFAULTS)
         if "prompt" in self.train.column_names:  # a prompt alone must leave room for its responses
             self.check_prompts_fit(self.train["prompt"], new_tokens=1)
@@ -309,8 +186,13 @@ def run_reward_model(ctx: StageContext, train, held_out) -> dict[str, Any]:
     if stage.policy_pairs is not None:  # sampled before the reward model loads: one model at a time
         from datasets import concatenate_datasets
 
-        policy_pairs, policy_stats = sample_policy_pairs(ctx, stage, train)
-        if policy_pairs is not None:
+        prompt_only = is_prompt_only(train.column_names)
+        policy_pairs, policy_stats, held_out_pairs = sample_policy_pairs(
+            ctx, stage, train, held_out if prompt_only else None
+        )
+        if prompt_only:  # the reward model sees the labelled pairs only
+            train, held_out = policy_pairs, held_out_pairs
+        elif policy_pairs is not None:
             train = concatenate_datasets(
                 [train.select_columns(["prompt", "chosen", "rejected"]), policy_pairs]
             )

@@ -1,0 +1,2 @@
+def label(completions, **kwargs):
+    return [1.0]
