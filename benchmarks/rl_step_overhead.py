@@ -1,4 +1,4 @@
-"""Seconds per GRPO step and peak memory: ntp-rl's rl stage against a plain TRL script.
+"""Seconds per GRPO step and peak memory: ntp-rl's rl stage against a plain TRL script, on the same work.
 
 What it measures: one GRPO configuration (model, LoRA, seed, data, generation settings; reward =
 `math_accuracy`) run two ways, a few steps each:
@@ -6,6 +6,15 @@ What it measures: one GRPO configuration (model, LoRA, seed, data, generation se
   with everything ntp-rl adds per step (preflighted data, the reward guard, metrics.jsonl, samples.jsonl);
 - TRL: a plain script, `GRPOTrainer(model, reward_funcs=[math_accuracy], args=GRPOConfig(...),
   peft_config=LoraConfig(...))` on the same rows of the synthetic arithmetic task.
+Both sides read the same rows (a file the parent writes) and start from the same policy: `--model`
+(tiny, default, or a folder; for the quickstart's RL, the SFT stage exported with `ntp-rl export`,
+so that a fresh LoRA adapter starts from the SFT policy on both sides). `--filter-prompts N` keeps,
+as the quickstart's `prompt_filter` does, the prompts among N whose samples disagree under that
+policy (picked once, in the parent, with ntp-rl's filter), so the share of completions that carry a
+signal is the quickstart's kind. ntp-rl skips the forward/backward of completions with zero
+advantage (ntp_rl/stages/rl_trainer.py); its `useful_share` (completions back-propagated /
+generated) is printed beside the times, since the gain depends on it. `--ntp-rl-set key=value`
+overrides a key of ntp-rl's rl stage (e.g. `skip_zero_advantage=false`) to time one lever alone.
 Both sides carry the same `StepClock` callback, which stamps the wall clock and the process's CPU
 time at each per-step log (logging_steps=1): a step is the interval between two stamps, so it holds
 generation, reward scoring, the update and every logging callback. (`ntp-rl train` takes no
@@ -17,12 +26,16 @@ copy of the head's weight at every generation prefill, in time and in peak memor
 memory (`ru_maxrss`, read by that process at the end) does not mix with the other's. Sides
 alternate, `--repeats` times each; the summary takes the median step over all repeats. CPU seconds
 per step move much less than wall seconds when other work shares the machine; both are reported,
-with their ratios (target: ntp-rl / TRL <= 1.05).
+with their ratios (issue #17's target: ntp-rl / TRL <= 0.6 in time, <= 1.1 in peak memory).
 
 Run from the repository root:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_step_overhead.py                          # tiny, ~1 min
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_step_overhead.py --model default --steps 3
+    # the quickstart's RL step (8 prompts x 4, micro-batches of 4, 48 tokens, temperature 1.2) from its SFT policy:
+    ntp-rl export runs/quickstart/sft --out /tmp/sft-merged
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/rl_step_overhead.py --model /tmp/sft-merged \
+        --batch-size 4 --grad-accum 8 --max-completion-length 48 --temperature 1.2 --filter-prompts 160 --steps 4
 
 A benchmark, never a timed assert in the tests.
 """
@@ -53,15 +66,26 @@ def trainer_settings(args: argparse.Namespace) -> dict:
     return {
         "max_steps": args.warmup_steps + args.steps,
         "per_device_train_batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.grad_accum,
         "num_generations": args.num_generations,
         "max_completion_length": args.max_completion_length,
-        "temperature": 1.0,
+        "temperature": args.temperature,
         "beta": 0.0,
         "learning_rate": 1e-5,
         "logging_steps": 1,
         "save_steps": 1_000_000,  # no checkpoint inside the timed steps
         "report_to": "none",
     }
+
+
+def cpu_model() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def peak_rss_mib() -> float:
@@ -82,6 +106,8 @@ class StepClock(TrainerCallback):
                     "cpu": time.process_time(),
                     "trl_step_time": logs.get("step_time"),
                     "completion_tokens": logs.get("completions/mean_length"),
+                    "frac_reward_zero_std": logs.get("frac_reward_zero_std"),
+                    "useful_share": logs.get("useful_share"),
                 }
             )
 
@@ -99,11 +125,15 @@ def run_ntp_rl(args: argparse.Namespace, workdir: Path) -> list[dict]:
     recipe = {
         "run": {"name": "bench", "output_dir": str(workdir / "runs"), "seed": SEED},
         "model": {"name_or_path": args.model, "dtype": args.dtype, "lora": LORA},
-        "data": {
-            "source": "synthetic:arithmetic",
-            "arithmetic": {"num_train": NUM_TRAIN_ROWS, "num_test": 8},
-        },
-        "stages": [{"kind": "rl", "rewards": [{"name": "math_accuracy"}], "trainer": trainer_settings(args)}],
+        "data": {"source": args.rows},
+        "stages": [
+            {
+                "kind": "rl",
+                "rewards": [{"name": "math_accuracy"}],
+                "trainer": trainer_settings(args),
+                **{key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.ntp_rl_set)},
+            }
+        ],
     }
     path = workdir / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -124,9 +154,8 @@ def run_trl(args: argparse.Namespace, workdir: Path) -> list[dict]:
     from trl import GRPOConfig, GRPOTrainer
 
     from ntp_rl.models import resolve_model_path
-    from ntp_rl.tasks import arithmetic
 
-    rows = arithmetic.generate("train", NUM_TRAIN_ROWS, seed=SEED, two_step_fraction=0.0)
+    rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines()]
     for row in rows:
         row["prompt"] = [{"role": "user", "content": row["prompt"]}]
     path = resolve_model_path(args.model)
@@ -169,6 +198,8 @@ def child(args: argparse.Namespace) -> None:
         "cpu_seconds": [after["cpu"] - before["cpu"] for before, after in timed],
         "trl_step_time": [after["trl_step_time"] for _, after in timed],
         "completion_tokens": [after["completion_tokens"] for _, after in timed],
+        "frac_reward_zero_std": [after["frac_reward_zero_std"] for _, after in timed],
+        "useful_share": [after["useful_share"] for _, after in timed],
         "peak_rss_mib": peak_rss_mib(),
     }
     Path(args.result).write_text(json.dumps(result))
@@ -185,6 +216,8 @@ def run_side(side: str, args: argparse.Namespace, root: Path, repeat: int) -> di
     cmd = [sys.executable, __file__, "--side", side, "--workdir", str(workdir), "--result", str(result_path)]
     cmd += [f"--model={args.model}", f"--dtype={args.dtype}", f"--steps={args.steps}"]
     cmd += [f"--warmup-steps={args.warmup_steps}", f"--batch-size={args.batch_size}"]
+    cmd += [f"--grad-accum={args.grad_accum}", f"--temperature={args.temperature}", f"--rows={args.rows}"]
+    cmd += [f"--ntp-rl-set={kv}" for kv in args.ntp_rl_set]
     cmd += [
         f"--num-generations={args.num_generations}",
         f"--max-completion-length={args.max_completion_length}",
@@ -210,13 +243,69 @@ def summarise(results: list[dict]) -> dict:
         if pooled("completion_tokens")
         else None,
         "peak_rss_mib": max(result["peak_rss_mib"] for result in results),
+        "frac_reward_zero_std": statistics.fmean(pooled("frac_reward_zero_std"))
+        if pooled("frac_reward_zero_std")
+        else None,
+        "useful_share": statistics.fmean(pooled("useful_share")) if pooled("useful_share") else None,
         "wall_seconds": pooled("wall_seconds"),
         "cpu_seconds": pooled("cpu_seconds"),
     }
 
 
+def write_rows(args: argparse.Namespace, path: Path) -> int:
+    """The training rows both sides read; with --filter-prompts, only prompts whose samples disagree."""
+    from ntp_rl.tasks import arithmetic
+
+    rows = arithmetic.generate("train", NUM_TRAIN_ROWS, seed=SEED, two_step_fraction=0.0)
+    rows = [{"prompt": row["prompt"], "answer": row["answer"]} for row in rows]
+    if args.filter_prompts:
+        rows = filtered_rows(args, rows)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return len(rows)
+
+
+def filtered_rows(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
+    """ntp-rl's prompt filter (the rl stage's `prompt_filter`) under the starting policy, run once here."""
+    import torch
+    from datasets import Dataset
+    from ntp_rl.rewards import math_accuracy
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from ntp_rl.config import PromptFilterSettings
+    from ntp_rl.data import to_prompt_format
+    from ntp_rl.models import resolve_model_path
+    from ntp_rl.stages.rl import filter_prompts
+
+    path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), use_cpu=not torch.cuda.is_available(), **trainer_settings(args)
+    )
+    train = to_prompt_format(Dataset.from_list(rows), "benchmark rows")
+    kept, stats = filter_prompts(
+        model,
+        tokenizer,
+        train,
+        [math_accuracy],
+        [1.0],
+        PromptFilterSettings(candidates=args.filter_prompts, samples=args.num_generations),
+        config,
+        SEED,
+    )
+    print(f"  prompt filter: kept {stats['kept']} of {stats['candidates']} prompts", flush=True)
+    keys = {
+        row["prompt"][-1]["content"] if isinstance(row["prompt"], list) else row["prompt"] for row in kept
+    }
+    return [row for row in rows if row["prompt"] in keys]
+
+
 def parent(args: argparse.Namespace) -> None:
-    completions = args.batch_size
+    completions = args.batch_size * args.grad_accum
     print(
         f"GRPO step overhead: model {args.model} ({args.dtype}), {completions} completions a step "
         f"({completions // args.num_generations} prompts x {args.num_generations}), max "
@@ -225,6 +314,8 @@ def parent(args: argparse.Namespace) -> None:
     )
     results: dict[str, list[dict]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="rl-step-overhead-") as tmp:
+        args.rows = str(Path(tmp) / "rows.jsonl")
+        print(f"  training rows: {write_rows(args, Path(args.rows))}", flush=True)
         for repeat in range(args.repeats):
             order = SIDES if repeat % 2 == 0 else SIDES[::-1]  # alternate, so drifting load hits both
             for side in order:
@@ -236,17 +327,20 @@ def parent(args: argparse.Namespace) -> None:
     }
     print(
         f"\n{'side':<8} {'wall s/step':>12} {'CPU s/step':>11} {'TRL step_time':>14} "
-        f"{'tokens/completion':>18} {'peak RSS MiB':>13}"
+        f"{'tokens/completion':>18} {'peak RSS MiB':>13} {'zero-std groups':>16} {'useful share':>13}"
     )
     for side in SIDES:
         s = summary[side]
         trl_time = "-" if s["trl_step_time"] is None else f"{s['trl_step_time']:.3f}"
         tokens = "-" if s["completion_tokens"] is None else f"{s['completion_tokens']:.1f}"
+        zero = "-" if s["frac_reward_zero_std"] is None else f"{s['frac_reward_zero_std']:.2f}"
+        useful = "-" if s["useful_share"] is None else f"{s['useful_share']:.2f}"
         print(
             f"{side:<8} {s['wall_seconds_per_step']:>12.3f} {s['cpu_seconds_per_step']:>11.3f} {trl_time:>14} "
-            f"{tokens:>18} {s['peak_rss_mib']:>13.0f}"
+            f"{tokens:>18} {s['peak_rss_mib']:>13.0f} {zero:>16} {useful:>13}"
         )
-    print("\nratio ntp-rl / TRL (medians; target <= 1.05 for time):")
+    print(f"CPU: {cpu_model()}")
+    print("\nratio ntp-rl / TRL (medians; issue #17's target: <= 0.6 for time, <= 1.1 for memory):")
     for key, label in (
         ("wall_seconds_per_step", "wall seconds per step"),
         ("cpu_seconds_per_step", "CPU seconds per step"),
@@ -267,7 +361,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (>= 1)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating")
-    parser.add_argument("--batch-size", type=int, default=8, help="completions per step")
+    parser.add_argument("--batch-size", type=int, default=8, help="completions per micro-batch")
+    parser.add_argument(
+        "--grad-accum", type=int, default=1, help="micro-batches per step (generated together)"
+    )
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--filter-prompts", type=int, default=0, help="keep prompts among N whose samples disagree (0 = all)"
+    )
+    parser.add_argument(
+        "--ntp-rl-set",
+        action="append",
+        default=[],
+        help="key=value for ntp-rl's rl stage, e.g. skip_zero_advantage=false",
+    )
+    parser.add_argument("--rows", help=argparse.SUPPRESS)
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--max-completion-length", type=int, default=32)
     parser.add_argument("--json", help="write the summary as JSON here")
