@@ -45,6 +45,7 @@ NORMALIZATIONS = ("none", "batch", "group")
 # Settings that shape training advantages; an eval stage scores a training reward model without them.
 TRAINING_ONLY_KWARGS = ("normalize", "dead_zone")
 RAW_MEAN_SUFFIX = "raw_mean"  # logged as <name>/raw_mean when the reward returns normalised scores
+RAW_STD_SUFFIX = "raw_std"  # and their spread, <name>/raw_std (the mean's interval needs it)
 ADAPTER_SUBFOLDER = "adapter"  # a reward_model stage folder keeps its adapter here
 
 
@@ -300,7 +301,12 @@ class LearnedReward:
         if self.normalize != "none" and callable(log_metric) and scores:
             # TRL logs the normalised values as rewards/<name>/mean (about 0 by construction); the raw
             # mean is what rises as RL pleases the reward model (the over-optimisation monitor reads it).
-            log_metric(f"{self.__name__}/{RAW_MEAN_SUFFIX}", sum(scores) / len(scores))
+            mean = sum(scores) / len(scores)
+            log_metric(f"{self.__name__}/{RAW_MEAN_SUFFIX}", mean)
+            log_metric(
+                f"{self.__name__}/{RAW_STD_SUFFIX}",
+                math.sqrt(sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)),
+            )
         if self.normalize == "batch":
             return z_score(scores)
         if self.normalize == "group":

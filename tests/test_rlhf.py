@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import statistics
 
 import pytest
 import yaml
@@ -121,7 +122,11 @@ def test_learned_reward_scores_pickles_and_normalises(reward_model_run):
     group = LearnedReward(inner.model, normalize="group")(
         completions=completions, prompts=prompts, log_metric=logged.__setitem__
     )
-    assert logged == {"reward_model/raw_mean": pytest.approx(sum(scores) / len(scores), abs=1e-4)}
+    mean = sum(scores) / len(scores)
+    assert logged == {
+        "reward_model/raw_mean": pytest.approx(mean, abs=1e-4),
+        "reward_model/raw_std": pytest.approx(statistics.stdev(scores), abs=1e-4),
+    }
     for i, prompt in enumerate(prompts):
         same = [scores[j] for j, other in enumerate(prompts) if other == prompt]
         assert group[i] == pytest.approx(scores[i] - sum(same) / len(same), abs=1e-4)

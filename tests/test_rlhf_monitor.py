@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from ntp_rl.stages.overoptimisation import (
+    HELDOUT_MIN_Z,
     OveroptimisationMonitor,
     detect_divergence,
-    heldout_fall,
+    heldout_peak_fall,
     monitor_for,
     slope_t,
 )
@@ -107,31 +108,123 @@ def test_monitor_needs_a_learned_and_a_gold_reward():
     assert monitor_for([rm], names(rm)) is None
 
 
-def test_heldout_fall_by_hand():
-    # 0.6 -> 0.4 over 100 samples each (sd 0.49): standard error sqrt(2 * 0.24 / 100) = 0.069; fell 2.9 of them.
-    assert heldout_fall([0.6, 0.5, 0.4], [0.49, 0.5, 0.49], [1.0, 1.1, 1.2], samples=100)
-    assert not heldout_fall([0.6, 0.4], [0.49, 0.49], [1.0, 0.8], samples=100)  # the proxy fell too
-    assert not heldout_fall([0.6, 0.4], [0.49, 0.49], [1.0, 1.2], samples=10)  # inside the noise
-    assert not heldout_fall([0.4, 0.6], [0.49, 0.49], [1.0, 1.2], samples=100)  # rose
-    assert not heldout_fall([0.6], [0.49], [1.0], samples=100)
+def test_heldout_peak_fall_by_hand():
+    # 0.6 -> 0.4 over 200 samples each (sd 0.49): standard error sqrt(2 * 0.24 / 200) = 0.049; fell 4.1 of them.
+    assert heldout_peak_fall([0.5, 0.6, 0.4], [0.49] * 3, [1.0, 1.1, 1.2], samples=200) == 1
+    assert heldout_peak_fall([0.5, 0.6, 0.4], [0.49] * 3, [1.0, 1.1, 1.2], samples=100) is None  # 2.9 of them
+    # The proxy fell too (1.3 at the gold's best, 1.2 now).
+    assert heldout_peak_fall([0.5, 0.6, 0.4], [0.49] * 3, [1.0, 1.3, 1.2], samples=200) is None
+    assert heldout_peak_fall([0.6, 0.6, 0.3], [0.49] * 3, [1.0, 1.1, 1.2], samples=200) == 1  # the later best
+    assert heldout_peak_fall([0.4, 0.6], [0.49] * 2, [1.0, 1.2], samples=200) is None  # rose
+    assert heldout_peak_fall([0.6], [0.49], [1.0], samples=200) is None
 
 
-def test_callback_reads_heldout_evaluations_and_warns_once(caplog):
-    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=128)
-    golds = [0.62, 0.64, 0.60, 0.45, 0.40]
-    for step, gold in zip([0, 5, 10, 15, 20], golds, strict=True):
+EVAL_STEPS = 5
+HELDOUT_SAMPLES = 256  # e.g. 32 held-out prompts x 8 completions
+GOLD_SD = 0.49  # a 0/1 gold near 0.6
+STANDARD_ERROR = GOLD_SD / math.sqrt(HELDOUT_SAMPLES)  # of one held-out mean
+
+
+def _evaluate(monitor: OveroptimisationMonitor, golds, proxies, kls=None) -> None:
+    """Feed held-out evaluations at steps 0, 5, 10, ... as TRL logs them (a normalised proxy's raw mean)."""
+    for i, (gold, proxy) in enumerate(zip(golds, proxies, strict=True)):
         logs = {
             "eval_rewards/math_accuracy/mean": gold,
-            "eval_rewards/math_accuracy/std": 0.49,
+            "eval_rewards/math_accuracy/std": GOLD_SD,
             "eval_rewards/reward_model/mean": 0.0,
-            "eval_reward_model/raw_mean": 0.1 * step,
+            "eval_rewards/reward_model/std": 0.3,  # of the normalised scores: not the raw ones'
+            "eval_reward_model/raw_mean": proxy,
+            "eval_reward_model/raw_std": 0.8,
         }
-        with caplog.at_level("WARNING"):
-            monitor.on_log(None, SimpleNamespace(global_step=step), None, logs=logs)
+        if kls is not None:
+            logs["eval_kl"] = kls[i]
+        monitor.on_log(None, SimpleNamespace(global_step=EVAL_STEPS * i), None, logs=logs)
+
+
+def _first_flag(golds, proxies) -> int | None:
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=HELDOUT_SAMPLES)
+    _evaluate(monitor, golds, proxies)
+    return monitor.flagged_at_step
+
+
+def test_rise_then_fall_is_flagged_at_the_first_evaluation_clearing_the_interval(caplog):
+    # The gold rises to 0.60 at step 25, then falls 0.08 per evaluation; the proxy rises throughout.
+    golds = [0.40, 0.44, 0.48, 0.52, 0.56, 0.60, 0.52, 0.44, 0.36, 0.28]
+    proxies = [0.2 * i for i in range(len(golds))]
+    kls = [0.0, 0.01, 0.04, 0.09, 0.16, 0.25, 0.36, 0.49, 0.64, 0.81]
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=HELDOUT_SAMPLES)
+    with caplog.at_level("WARNING"):
+        _evaluate(monitor, golds, proxies, kls)
+    # Drop needed: HELDOUT_MIN_Z standard errors of the difference of two means.
+    needed = HELDOUT_MIN_Z * math.sqrt(2) * STANDARD_ERROR
+    first = next(i for i in range(6, len(golds)) if 0.60 - golds[i] > needed)
+    assert first == 7  # 0.08 is inside the interval, 0.16 clears it
+    heldout = monitor.result()["heldout"]
+    assert heldout["detected"] is True
+    assert heldout["peak_step"] == heldout["flagged_peak_step"] == 25
+    assert heldout["flagged_at_step"] == EVAL_STEPS * first == 35
+    assert heldout["flagged_at_step"] <= heldout["peak_step"] + 2 * EVAL_STEPS  # within one interval
+    assert sum("held-out prompts" in r.message for r in caplog.records) == 1  # warned once
+    assert "fell from 0.600 at step 25" in caplog.text
+    # The curve: one row per evaluation, sqrt(KL) and 95 % intervals of each mean.
+    curve = heldout["curve"]
+    assert [row["step"] for row in curve] == [5 * i for i in range(10)]
+    assert [row["sqrt_kl"] for row in curve] == pytest.approx([0.1 * i for i in range(10)])
+    assert curve[5]["gold_interval"] == pytest.approx(1.96 * STANDARD_ERROR)
+    assert curve[5]["proxy"] == 1.0 and curve[5]["proxy_interval"] == pytest.approx(1.96 * 0.8 / 16)
+    assert heldout["kl_estimator"] == "k3" and heldout["min_z"] == HELDOUT_MIN_Z
+
+
+def test_a_fall_that_does_not_last_moves_the_peak_on():
+    golds = [0.40, 0.60, 0.40, 0.55, 0.70]
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=HELDOUT_SAMPLES)
+    _evaluate(monitor, golds, [0.1 * i for i in range(5)])
+    heldout = monitor.result()["heldout"]
+    assert heldout["flagged_peak_step"] == 5 and heldout["flagged_at_step"] == 10
+    assert heldout["peak_step"] == 20  # the gold's best over the whole run came later
+
+
+def test_no_flag_while_the_gold_rises_or_stays_flat():
+    assert _first_flag([0.3 + 0.02 * i for i in range(12)], [0.1 * i for i in range(12)]) is None
+    assert _first_flag([0.5] * 12, [0.1 * i for i in range(12)]) is None
+    # Both falling together is not the proxy being exploited.
+    assert _first_flag([0.6 - 0.05 * i for i in range(8)], [1.0 - 0.1 * i for i in range(8)]) is None
+
+
+def _false_alarm_rate(trials: int, evaluations: int, gold_slope: float, seed: int) -> float:
+    """Share of simulated runs flagged: the gold a trend plus one held-out mean's noise, the proxy noise."""
+    rng = random.Random(seed)
+    flagged = 0
+    for _ in range(trials):
+        golds = [0.4 + gold_slope * i + rng.gauss(0.0, STANDARD_ERROR) for i in range(evaluations)]
+        proxies = [rng.gauss(0.0, 0.1) for _ in range(evaluations)]
+        flagged += _first_flag(golds, proxies) is not None
+    return flagged / trials
+
+
+def test_few_false_alarms_on_noisy_flat_and_rising_golds():
+    # A flat gold, 10 evaluations: the test at 2 standard errors would flag about 1 run in 4.
+    assert _false_alarm_rate(2000, 10, 0.0, seed=1) < 0.04
+    # A gold rising by one standard error per evaluation.
+    assert _false_alarm_rate(2000, 12, STANDARD_ERROR, seed=2) < 0.005
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_noisy_rise_then_fall_is_flagged_after_the_peak(seed):
+    rng = random.Random(seed)
+    true = [0.40 + 0.04 * i if i <= 5 else 0.60 - 0.08 * (i - 5) for i in range(12)]
+    golds = [t + rng.gauss(0.0, STANDARD_ERROR) for t in true]
+    flagged = _first_flag(golds, [0.2 * i for i in range(12)])
+    assert flagged is not None and 25 < flagged <= 25 + 3 * EVAL_STEPS
+
+
+def test_evaluations_without_kl_or_spread_leave_them_out():
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=64)
+    logs = {"eval_rewards/math_accuracy/mean": 0.5, "eval_rewards/reward_model/mean": 1.0, "eval_kl": None}
+    monitor.on_log(None, SimpleNamespace(global_step=0), None, logs=logs)
     result = monitor.result()
     assert result["detected"] is False and monitor.steps == []  # evaluations are not training steps
-    heldout = result["heldout"]
-    assert heldout["detected"] is True and heldout["since_step"] == 5  # the held-out gold's peak
-    assert heldout["step"] == [0, 5, 10, 15, 20] and heldout["proxy"][-1] == 2.0
-    assert sum("held-out prompts" in r.message for r in caplog.records) == 1
+    row = result["heldout"]["curve"][0]
+    assert row["kl"] is None and row["sqrt_kl"] is None and row["proxy_interval"] is None
+    assert row["gold_interval"] == 0.0  # no spread logged: taken as 0
     assert OveroptimisationMonitor("reward_model", "math_accuracy").result()["heldout"] is None

@@ -11,12 +11,20 @@ series and warns once, at the first moving window over which they diverge, and t
 
 With `eval_examples` on the rl stage, TRL's own evaluation loop also samples and scores the policy on
 held-out prompts (before the first step and every `eval_steps`; `eval_rewards/<name>/mean` and `/std`
-in the logs). Per-step means of a few dozen training samples move a lot from step to step; the
-held-out ones are the same prompts every time, so a fall there shows sooner. `heldout_fall` is that
-test: the latest held-out gold below the first by more than `HELDOUT_MIN_Z` standard errors (each
-from its logged spread over the samples) while the proxy has not fallen.
+in the logs) and logs `eval_kl`, the mean per-token KL from the policy to its start on those
+completions (heldout_kl.py: for any beta). Per-step means of a few dozen training samples move a lot
+from step to step; the held-out ones are the same prompts every time. At each evaluation
+`heldout_peak_fall` asks whether the held-out gold has fallen below its best so far by more than
+`HELDOUT_MIN_Z` combined standard errors (each from its logged spread over the samples) while the
+proxy is not below its value at that best; the monitor warns once, at the first such evaluation,
+and records the step of the gold's best value (`peak_step`) and of the warning (`flagged_at_step`).
+The best so far is the largest of several noisy means, and the test is repeated at every
+evaluation: the 2 standard errors of a single comparison would flag a flat gold too often
+(docs/rlhf.md has the false-alarm rates). `curve` holds, per evaluation, the step, KL and sqrt(KL),
+and the gold and proxy means with their 95 % intervals: Gao et al.'s Figure 1, which the eval
+report plots.
 
-`detect_divergence` is the test, a pure function: over each window of `window` consecutive logged
+`detect_divergence` is the per-step test, a pure function: over each window of `window` consecutive logged
 steps, the least-squares slope of each series against the step, and its t statistic (slope over its
 standard error). Divergence = the proxy's t >= `min_t` and the gold's t <= -`min_t`: both trends
 clear of their own noise, in opposite directions. `since_step` is where the gold peaked within the
@@ -34,13 +42,18 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ntp_rl.rewards.learned import RAW_MEAN_SUFFIX
+from ntp_rl.rewards.learned import RAW_MEAN_SUFFIX, RAW_STD_SUFFIX
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 10  # logged steps per window
 DEFAULT_MIN_T = 3.0  # t statistic each slope must clear
-HELDOUT_MIN_Z = 2.0  # standard errors by which the held-out gold must fall
+HELDOUT_MIN_Z = 3.0  # combined standard errors by which the held-out gold must fall below its best
+INTERVAL_Z = 1.96  # the curve's intervals: normal 95 % intervals of each held-out mean
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def slope_t(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -85,19 +98,53 @@ def detect_divergence(
     return None
 
 
-def heldout_fall(
+def heldout_peak_fall(
     gold: Sequence[float],
     gold_std: Sequence[float],
     proxy: Sequence[float],
     samples: int,
     min_z: float = HELDOUT_MIN_Z,
-) -> bool:
-    """Whether the last held-out gold mean is below the first by > min_z standard errors, the proxy not lower."""
+) -> int | None:
+    """Index of the gold's best earlier value when the last is below it by > min_z standard errors, else None.
+
+    Standard error of the difference: sqrt((std_best^2 + std_last^2) / samples), each mean over
+    `samples` completions. Not flagged when the proxy's last value is below its value at the gold's
+    best: both falling is not the proxy being exploited.
+    """
     if len(gold) < 2 or samples < 2:
-        return False
-    standard_error = math.sqrt((gold_std[0] ** 2 + gold_std[-1] ** 2) / samples)
-    fell = gold[0] - gold[-1]
-    return fell > min_z * standard_error and proxy[-1] >= proxy[0]
+        return None
+    earlier = gold[:-1]
+    best = max(i for i, value in enumerate(earlier) if value == max(earlier))  # where the fall began
+    standard_error = math.sqrt((gold_std[best] ** 2 + gold_std[-1] ** 2) / samples)
+    fell = gold[best] - gold[-1]
+    return best if fell > min_z * standard_error and proxy[-1] >= proxy[best] else None
+
+
+def heldout_curve(heldout: dict[str, list[Any]], samples: int) -> list[dict[str, Any]]:
+    """Per held-out evaluation: step, KL and sqrt(KL), gold and proxy means with 95 % interval half-widths.
+
+    A first-order KL estimate (RLOO's) can come out below zero over a few tokens; its square root is
+    taken as 0. A value that was not logged (no KL, a proxy without a spread) is None.
+    """
+
+    def interval(std: float | None) -> float | None:
+        return INTERVAL_Z * std / math.sqrt(samples) if std is not None and samples > 0 else None
+
+    rows = []
+    for i, step in enumerate(heldout["step"]):
+        kl = heldout["kl"][i]
+        rows.append(
+            {
+                "step": step,
+                "kl": kl,
+                "sqrt_kl": math.sqrt(max(kl, 0.0)) if kl is not None else None,
+                "gold": heldout["gold"][i],
+                "gold_interval": interval(heldout["gold_std"][i]),
+                "proxy": heldout["proxy"][i],
+                "proxy_interval": interval(heldout["proxy_std"][i]),
+            }
+        )
+    return rows
 
 
 class OveroptimisationMonitor(TrainerCallback):
@@ -110,6 +157,7 @@ class OveroptimisationMonitor(TrainerCallback):
         window: int = DEFAULT_WINDOW,
         min_t: float = DEFAULT_MIN_T,
         heldout_samples: int = 0,
+        kl_estimator: str = "k3",
     ):
         self.proxy, self.gold = proxy, gold
         self.window, self.min_t = window, min_t
@@ -118,39 +166,54 @@ class OveroptimisationMonitor(TrainerCallback):
         self.gold_values: list[float] = []
         self.since_step: int | None = None
         # Held-out evaluations (TRL's eval loop): completions scored per evaluation, and the series.
-        self.heldout_samples = heldout_samples
-        self.heldout: dict[str, list[Any]] = {"step": [], "gold": [], "gold_std": [], "proxy": []}
-        self.heldout_since_step: int | None = None
+        self.heldout_samples, self.kl_estimator = heldout_samples, kl_estimator
+        self.heldout: dict[str, list[Any]] = {
+            key: [] for key in ("step", "gold", "gold_std", "proxy", "proxy_std", "kl")
+        }
+        self.peak_step: int | None = None  # of the first warning's gold peak
+        self.flagged_at_step: int | None = None
 
     def _on_heldout(self, step: int, logs: dict[str, Any]) -> None:
-        proxy = logs.get(f"eval_{self.proxy}/{RAW_MEAN_SUFFIX}", logs.get(f"eval_rewards/{self.proxy}/mean"))
+        # A normalised learned reward's own mean is ~0 by construction; its raw mean and spread are
+        # logged beside it. Mean and spread are taken from the same source.
+        raw = f"eval_{self.proxy}/{RAW_MEAN_SUFFIX}" in logs
+        proxy = logs.get(f"eval_{self.proxy}/{RAW_MEAN_SUFFIX}" if raw else f"eval_rewards/{self.proxy}/mean")
+        proxy_std = logs.get(
+            f"eval_{self.proxy}/{RAW_STD_SUFFIX}" if raw else f"eval_rewards/{self.proxy}/std"
+        )
         gold = logs.get(f"eval_rewards/{self.gold}/mean")
         gold_std = logs.get(f"eval_rewards/{self.gold}/std", 0.0)
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (proxy, gold, gold_std)):
+        if not all(_finite(v) for v in (proxy, gold, gold_std)):
             return
-        self.heldout["step"].append(int(step))
-        for key, value in (("gold", gold), ("gold_std", gold_std), ("proxy", proxy)):
-            self.heldout[key].append(float(value))
+        kl = logs.get("eval_kl")
         h = self.heldout
-        if self.heldout_since_step is None and heldout_fall(
-            h["gold"], h["gold_std"], h["proxy"], self.heldout_samples
-        ):
-            # Where it began, as well as evaluations can tell: the last held-out peak of the gold.
-            peak = max(i for i, value in enumerate(h["gold"]) if value == max(h["gold"]))
-            self.heldout_since_step = int(h["step"][peak])
-            logger.warning(
-                "reward over-optimisation on held-out prompts: the gold reward %s fell from %.3f to %.3f "
-                "(step %d to %d, %d samples each, more than %g standard errors) while the learned reward %s "
-                "did not. Consider a larger KL coefficient (trainer.beta), fewer steps, or a better reward model.",
-                self.gold,
-                h["gold"][0],
-                h["gold"][-1],
-                h["step"][0],
-                step,
-                self.heldout_samples,
-                HELDOUT_MIN_Z,
-                self.proxy,
-            )
+        h["step"].append(int(step))
+        for key, value in (("gold", gold), ("gold_std", gold_std), ("proxy", proxy)):
+            h[key].append(float(value))
+        h["proxy_std"].append(float(proxy_std) if _finite(proxy_std) else None)
+        h["kl"].append(float(kl) if _finite(kl) else None)
+        if self.flagged_at_step is not None:
+            return
+        peak = heldout_peak_fall(h["gold"], h["gold_std"], h["proxy"], self.heldout_samples)
+        if peak is None:
+            return
+        self.peak_step, self.flagged_at_step = h["step"][peak], int(step)
+        logger.warning(
+            "reward over-optimisation on held-out prompts: the gold reward %s fell from %.3f at step %d "
+            "(its best so far) to %.3f at step %d, more than %g standard errors of %d samples each, while "
+            "the learned reward %s went from %.3f to %.3f. Consider a larger KL coefficient "
+            "(trainer.beta), fewer steps, or a better reward model.",
+            self.gold,
+            h["gold"][peak],
+            self.peak_step,
+            h["gold"][-1],
+            step,
+            HELDOUT_MIN_Z,
+            self.heldout_samples,
+            self.proxy,
+            h["proxy"][peak],
+            h["proxy"][-1],
+        )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -195,22 +258,30 @@ class OveroptimisationMonitor(TrainerCallback):
             "proxy": self.proxy,
             "gold": self.gold,
             "window": self.window,
-            # Held-out evaluations (rl stage `eval_examples`): the series, and where a fall began.
-            "heldout": (
-                {
-                    "detected": self.heldout_since_step is not None,
-                    "since_step": self.heldout_since_step,
-                    "samples": self.heldout_samples,
-                    **self.heldout,
-                }
-                if self.heldout["step"]
-                else None
-            ),
+            # Held-out evaluations (rl stage `eval_examples`): the series, the gold's peak, the warning.
+            "heldout": self.heldout_result() if self.heldout["step"] else None,
+        }
+
+    def heldout_result(self) -> dict[str, Any]:
+        gold = self.heldout["gold"]
+        best = max(i for i, value in enumerate(gold) if value == max(gold))
+        return {
+            "detected": self.flagged_at_step is not None,
+            # The gold's best value over all evaluations; a later, higher peak than the one warned
+            # about (flagged_peak_step) means the fall did not last.
+            "peak_step": self.heldout["step"][best],
+            "flagged_peak_step": self.peak_step,
+            "flagged_at_step": self.flagged_at_step,
+            "samples": self.heldout_samples,
+            "min_z": HELDOUT_MIN_Z,
+            "kl_estimator": self.kl_estimator,
+            **self.heldout,
+            "curve": heldout_curve(self.heldout, self.heldout_samples),
         }
 
 
 def monitor_for(
-    specs: Sequence[Any], reward_funcs: Sequence[Any], heldout_samples: int = 0
+    specs: Sequence[Any], reward_funcs: Sequence[Any], heldout_samples: int = 0, kl_estimator: str = "k3"
 ) -> OveroptimisationMonitor | None:
     """A monitor for an rl stage's rewards, when it has a learned reward and a gold one.
 
@@ -224,4 +295,6 @@ def monitor_for(
     ]
     if not proxies or not golds:
         return None
-    return OveroptimisationMonitor(proxies[0], golds[0], heldout_samples=heldout_samples)
+    return OveroptimisationMonitor(
+        proxies[0], golds[0], heldout_samples=heldout_samples, kl_estimator=kl_estimator
+    )

@@ -28,6 +28,7 @@ from ntp_rl.stages.common import (
     last_checkpoint,
     stage_callbacks,
 )
+from ntp_rl.stages.heldout_kl import kl_estimator, with_heldout_kl
 from ntp_rl.stages.overoptimisation import monitor_for
 
 logger = logging.getLogger(__name__)
@@ -382,10 +383,13 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         if eval_dataset is not None
         else 0
     )
-    monitor = monitor_for(stage.rewards, reward_funcs, heldout_samples)
+    monitor = monitor_for(
+        stage.rewards, reward_funcs, heldout_samples, kl_estimator(stage.algorithm, args.beta)
+    )
     if monitor is not None:
         callbacks.append(monitor)
-    trainer = Trainer(
+    # With held-out prompts: KL to the starting policy at each evaluation, also with beta 0.
+    trainer = with_heldout_kl(Trainer)(
         model=model,
         reward_funcs=reward_funcs,
         args=args,

@@ -1,0 +1,72 @@
+"""KL from the RL policy to the SFT policy at each held-out evaluation, with no KL penalty (beta 0).
+
+TRL computes a KL only when it penalises one; the rl stage measures it on the held-out completions
+of every evaluation for the over-optimisation curve (ntp_rl/stages/heldout_kl.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from ntp_rl.cli import main
+
+
+def test_heldout_kl_to_the_sft_policy_with_beta_zero(write_recipe, tmp_path, tiny_model_path):
+    """beta 0: TRL computes no KL; the stage measures it to the SFT policy at every held-out evaluation."""
+    lora = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+    recipe = {
+        "run": {"name": "rlhf-kl"},
+        "model": {"name_or_path": "tiny", "lora": lora},
+        "data": {"arithmetic": {"num_train": 8, "num_test": 4}},
+        "stages": [
+            {
+                "kind": "sft",
+                "eval_examples": 0,
+                "trainer": {"max_steps": 2, "learning_rate": 1e-2, "per_device_train_batch_size": 2},
+            },
+            {
+                "kind": "reward_model",
+                "data": {"source": "synthetic:preferences", "arithmetic": {"num_train": 8, "num_test": 4}},
+                "eval_examples": 0,
+                "trainer": {"max_steps": 1, "per_device_train_batch_size": 2},
+            },
+            {
+                "kind": "rl",
+                "rewards": [
+                    {"reward_model": "reward_model"},  # one step of training: any proxy will do
+                    {"name": "math_accuracy", "gold": True},
+                ],
+                "eval_examples": 2,
+                "trainer": {
+                    "beta": 0.0,
+                    "max_steps": 2,
+                    "per_device_train_batch_size": 4,
+                    "num_generations": 4,
+                    "max_completion_length": 8,
+                    "learning_rate": 5e-2,
+                    "save_steps": 100,
+                },
+            },
+        ],
+    }
+    assert main(["train", str(write_recipe(recipe))]) == 0
+    stage = tmp_path / "runs" / "rlhf-kl" / "rl"
+    logs = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert not any("kl" in r for r in logs if "loss" in r and "eval_loss" not in r)  # no KL in training
+    evals = [r for r in logs if "eval_kl" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    # At step 0 the policy is the SFT adapter: KL 0 to it (to the base it would not be, as SFT moved it).
+    assert evals[0]["eval_kl"] == pytest.approx(0.0, abs=1e-5)
+    assert evals[-1]["eval_kl"] > 1e-4  # two RL steps at a high learning rate moved it
+    heldout = json.loads((stage / "COMPLETE").read_text())["overoptimisation"]["heldout"]
+    assert heldout["kl"] == [r["eval_kl"] for r in evals] and heldout["kl_estimator"] == "k3"
+    curve = heldout["curve"]
+    assert [row["step"] for row in curve] == [0, 1, 2]
+    assert curve[-1]["sqrt_kl"] == pytest.approx(evals[-1]["eval_kl"] ** 0.5)
+    assert all(row["gold_interval"] is not None and row["proxy"] is not None for row in curve)
+    # The frozen reference copy is not part of the trained adapter.
+    saved = load_file(stage / "adapter" / "adapter_model.safetensors")
+    assert saved and not any(".ref." in key for key in saved)
