@@ -38,6 +38,16 @@ def _load_synthetic(data: DataSettings, split: str, seed: int):
         )
     from ntp_rl.tasks import arithmetic, preferences, reviews
 
+    splits = [data.train_split, data.test_split]
+    if task == "arithmetic":
+        splits.append(arithmetic.HELDOUT_PHRASINGS_SPLIT)
+    if split not in splits:  # a typo must not quietly evaluate the test split again
+        raise UserError(
+            f"{_source_label(data)}: no split {split!r}; this task's splits are {', '.join(map(repr, splits))} "
+            "(data.train_split, data.test_split"
+            + (", and the held-out wording" if task == "arithmetic" else "")
+            + ")"
+        )
     if task == "reviews":  # a fixed catalogue: data.max_train_examples / max_test_examples cap it
         return Dataset.from_list(reviews.generate("train" if split == data.train_split else "test", seed))
 
@@ -45,8 +55,7 @@ def _load_synthetic(data: DataSettings, split: str, seed: int):
     generate = {"arithmetic": arithmetic.generate, "preferences": preferences.generate}[task]
     options = data.arithmetic
     num = options.num_train if split == data.train_split else options.num_test
-    # The task's splits: train, test, and test_phrasings (test's problems in held-out wording);
-    # any other name is the test split, as `data.test_split` may be named anything.
+    # The task's splits: train, test, and test_phrasings (test's problems in held-out wording).
     if split == data.train_split:
         task_split = "train"
     elif split == arithmetic.HELDOUT_PHRASINGS_SPLIT:
