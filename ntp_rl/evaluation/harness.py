@@ -31,6 +31,7 @@ from ntp_rl.common import package_versions, utc_now
 from ntp_rl.dtypes import describe_choice, dtype_choice
 from ntp_rl.errors import UserError
 from ntp_rl.evaluation.metrics import MetricModules, summarise
+from ntp_rl.evaluation.overoptimisation_curve import read_curve
 from ntp_rl.evaluation.report import (
     REPORT_FORMAT,
     check_out_dir,
@@ -404,6 +405,10 @@ def run_suite(
         **paired_sections(items, labels, seed, suite.flip_examples),
         **({"extra_splits": extra_splits} if extra_splits else {}),
         "training_curves": {c.label: training_curves(c.stage_dir) for c in checkpoints if c.stage_dir},
+        # Gold and proxy against sqrt(KL) at an rl stage's held-out evaluations, where it recorded them.
+        "overoptimisation": {
+            c.label: curve for c in checkpoints if (curve := read_curve(c.stage_dir)) is not None
+        },
         **({"beyond_ntp": beyond_ntp} if beyond_ntp is not None else {}),
         "timing": {
             "seconds": round(seconds, 2),

@@ -2,8 +2,10 @@
 
 Plots are drawn with matplotlib's Agg backend and inlined as base64 PNG: accuracy with 95 % interval
 bars per checkpoint, pass@k and maj@k curves, completion-length histograms and, for checkpoints that
-came from a run, the run's training reward curves (`metrics.jsonl`). Every piece of text that came
-from a model, a data set or a user (completions, prompts, labels, paths) is HTML-escaped.
+came from a run, the run's training reward curves (`metrics.jsonl`) and, for an rl stage with a
+learned and a gold reward, gold and proxy against sqrt(KL) at its held-out evaluations. Every piece
+of text that came from a model, a data set or a user (completions, prompts, labels, paths) is
+HTML-escaped.
 """
 
 from __future__ import annotations
@@ -137,6 +139,49 @@ def plot_training_curves(curves: dict[str, dict[str, list]]) -> str | None:
         ax.set_title(f"training: {label}")
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plot_overoptimisation(curves: dict[str, dict[str, Any]]) -> str | None:
+    """Gold (left axis) and proxy (right axis) against sqrt(KL) to the start, per rl checkpoint: Gao et
+    al.'s Figure 1. Bars: 95 % intervals. Dotted: the gold's best; dashed: where the monitor flagged."""
+    curves = {label: data for label, data in curves.items() if data.get("curve")}
+    if not curves:
+        return None
+    plt = _figure()
+    fig, axes = plt.subplots(1, len(curves), figsize=(6.0 * len(curves), 3.6), squeeze=False)
+    for ax, (label, data) in zip(axes[0], curves.items(), strict=True):
+        points = data["curve"]
+        # sqrt(KL) when every evaluation has one, else the step (an older run without the KL)
+        by_kl = all(isinstance(p.get("sqrt_kl"), (int, float)) for p in points)
+        xs = [p["sqrt_kl"] if by_kl else p["step"] for p in points]
+        where = {p["step"]: x for p, x in zip(points, xs, strict=True)}
+        gold_bars = [p.get("gold_interval") or 0.0 for p in points]
+        proxy_bars = [p.get("proxy_interval") or 0.0 for p in points]
+        gold = ax.errorbar(
+            xs, [p["gold"] for p in points], yerr=gold_bars, fmt="-o", color="C0", capsize=3, label="gold"
+        )
+        ax.set_ylabel(f"gold ({data.get('gold')})", color="C0")
+        twin = ax.twinx()
+        proxy = twin.errorbar(
+            xs, [p["proxy"] for p in points], yerr=proxy_bars, fmt="-s", color="C1", capsize=3, label="proxy"
+        )
+        twin.set_ylabel(f"proxy ({data.get('proxy')})", color="C1")
+        handles = [gold, proxy]
+        if data.get("peak_step") in where:
+            handles.append(
+                ax.axvline(where[data["peak_step"]], color="C0", linestyle=":", label="gold's best")
+            )
+        if data.get("flagged_at_step") in where:
+            handles.append(
+                ax.axvline(where[data["flagged_at_step"]], color="C3", linestyle="--", label="flagged")
+            )
+        ax.set_xlabel("sqrt(KL to the start, per token)" if by_kl else "step (no KL recorded)")
+        ax.set_title(f"over-optimisation: {label} (held-out)")
+        # Below the axes: inside, the two axes' points would run under it.
+        ax.legend(
+            handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, frameon=False
+        )
     return _png(fig)
 
 
@@ -332,6 +377,17 @@ def render_html(report: dict[str, Any]) -> str:
     plot = plot_training_curves(report.get("training_curves") or {})
     if plot:
         parts += ["<h2>Training curves (metrics.jsonl)</h2>", _img(plot, "training reward curves")]
+
+    curves = report.get("overoptimisation") or {}
+    if curves:
+        from ntp_rl.evaluation.overoptimisation_curve import HEADER, headline, rows
+
+        parts.append("<h2>Over-optimisation: gold and proxy against sqrt(KL), held-out, during RL</h2>")
+        for label, data in curves.items():
+            parts += [f"<p>{escape(headline(label, data))}</p>", _table(HEADER, rows(data))]
+        plot = plot_overoptimisation(curves)
+        if plot:
+            parts.append(_img(plot, "gold and proxy reward against sqrt(KL) to the start"))
 
     if report.get("beyond_ntp"):
         from ntp_rl.probes.render import render_html_section

@@ -314,6 +314,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines += ["```text", example["prompt"].replace("```", "'''"), "```"]
                 for who, text in example["completions"].items():
                     lines += [f"*{md_cell(who)}:*", "```text", str(text).replace("```", "'''"), "```"]
+    curves = report.get("overoptimisation") or {}
+    if curves:
+        from ntp_rl.evaluation.overoptimisation_curve import HEADER, headline, rows
+
+        lines += ["", "## Over-optimisation: gold and proxy against sqrt(KL), held-out, during RL"]
+        for label, data in curves.items():
+            lines += ["", headline(label, data), "", "| " + " | ".join(HEADER) + " |"]
+            lines += ["|---" * len(HEADER) + "|"]
+            lines += [f"| {' | '.join(md_cell(c) for c in row)} |" for row in rows(data)]
     if report.get("beyond_ntp"):
         from ntp_rl.probes.render import render_markdown_section
 
@@ -541,6 +550,7 @@ def compare_reports(paths: list[Path], out: Path, seed: int = 0, max_examples: i
         "flips": {},
         "disagreements": [],
         "training_curves": {},
+        "overoptimisation": {},
     }
     items: dict[str, Any] | None = None
     if paired:
@@ -552,6 +562,8 @@ def compare_reports(paths: list[Path], out: Path, seed: int = 0, max_examples: i
             combined["checkpoints"][new] = report.get("checkpoints", {}).get(old)
             if old in (report.get("training_curves") or {}):
                 combined["training_curves"][new] = report["training_curves"][old]
+            if old in (report.get("overoptimisation") or {}):
+                combined["overoptimisation"][new] = report["overoptimisation"][old]
             if items is not None:
                 items["results"][new] = report["items"]["results"][old]
     if items is not None:

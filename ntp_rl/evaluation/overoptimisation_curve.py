@@ -1,0 +1,107 @@
+"""The over-optimisation curve of an rl stage, for the eval report: gold and proxy against sqrt(KL).
+
+An rl stage with a learned reward, a gold reward and held-out prompts (`eval_examples`) records, at
+each of its held-out evaluations, the gold and proxy means with their 95 % intervals and the mean
+per-token KL from the policy to its start (the SFT policy), in its results (`COMPLETE`:
+`overoptimisation.heldout`, see ntp_rl/stages/overoptimisation.py). Plotted against sqrt(KL) this is
+Gao et al. 2022's Figure 1: the proxy rises throughout while the gold rises, peaks and falls. The
+report carries it per checkpoint that came from such a stage (`overoptimisation` in report.json), as
+a table in report.md and report.html and a plot in report.html. Nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+STAGE_RESULTS = "COMPLETE"  # a finished stage's results (stages/common.py writes it)
+CARRIED = (
+    "proxy",
+    "gold",
+    "samples",
+    "min_z",
+    "kl_estimator",
+    "peak_step",
+    "flagged_peak_step",
+    "flagged_at_step",
+)
+HEADER = ["step", "KL / token", "sqrt(KL)", "gold [95% CI]", "proxy [95% CI]", "mark"]
+
+
+def read_curve(stage_dir: Path | None) -> dict[str, Any] | None:
+    """The held-out curve a finished rl stage recorded, with what the monitor found; None without one."""
+    if stage_dir is None:
+        return None
+    try:
+        results = json.loads((stage_dir / STAGE_RESULTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    monitor = results.get("overoptimisation") if isinstance(results, dict) else None
+    heldout = monitor.get("heldout") if isinstance(monitor, dict) else None
+    if not isinstance(heldout, dict) or not heldout.get("curve"):
+        return None
+    names = {"proxy": monitor.get("proxy"), "gold": monitor.get("gold")}
+    return {**names, **{key: heldout.get(key) for key in CARRIED[2:]}, "curve": heldout["curve"]}
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "-" if not isinstance(value, (int, float)) or value != value else f"{value:.{digits}f}"
+
+
+def _with_interval(value: Any, interval: Any) -> str:
+    if not isinstance(interval, (int, float)):
+        return _num(value)
+    return f"{_num(value)} [{_num(value - interval)}, {_num(value + interval)}]"
+
+
+def rows(data: dict[str, Any]) -> list[list[str]]:
+    """One row per held-out evaluation: step, KL, sqrt(KL), gold and proxy with intervals, a mark."""
+    out = []
+    for point in data["curve"]:
+        marks = []
+        if point["step"] == data.get("peak_step"):
+            marks.append("gold's best")
+        if point["step"] == data.get("flagged_at_step"):
+            marks.append("flagged")
+        out.append(
+            [
+                str(point["step"]),
+                _num(point.get("kl"), 4),
+                _num(point.get("sqrt_kl")),
+                _with_interval(point.get("gold"), point.get("gold_interval")),
+                _with_interval(point.get("proxy"), point.get("proxy_interval")),
+                ", ".join(marks),
+            ]
+        )
+    return out
+
+
+def _x(data: dict[str, Any], step: Any) -> str:
+    point = next((p for p in data["curve"] if p["step"] == step), None)
+    sqrt_kl = point.get("sqrt_kl") if point else None
+    return f"step {step}" + (f", sqrt(KL) {sqrt_kl:.3f}" if isinstance(sqrt_kl, (int, float)) else "")
+
+
+def headline(label: str, data: dict[str, Any]) -> str:
+    """What the curve says in one paragraph: the rewards, where the gold peaked, whether it was flagged."""
+    evaluations = [p["step"] for p in data["curve"]]
+    text = (
+        f"{label}: the learned reward {data.get('proxy')} (the proxy) and the gold {data.get('gold')} on "
+        f"held-out prompts at {len(evaluations)} evaluations during RL ({data.get('samples')} completions "
+        f"each; intervals 95 %), against sqrt of the mean per-token KL from the policy to its start "
+        f"({data.get('kl_estimator') or '-'} estimator). The gold's best: {_x(data, data.get('peak_step'))}."
+    )
+    flagged = data.get("flagged_at_step")
+    if flagged is None:
+        return text + " The over-optimisation monitor did not flag a fall."
+    peak = data.get("flagged_peak_step")
+    later = evaluations.index(flagged) - evaluations.index(peak) if peak in evaluations else None
+    text += (
+        f" The monitor flagged a fall at {_x(data, flagged)}: the gold below its best so far ({_x(data, peak)}"
+        + (f"; {later} evaluation{'s' if later != 1 else ''} earlier" if later is not None else "")
+        + f") by more than {_num(data.get('min_z'), 1)} combined standard errors, the proxy not below its value there."
+    )
+    if peak != data.get("peak_step"):
+        text += " The gold later rose above that best again: the fall did not last."
+    return text

@@ -1,0 +1,117 @@
+"""The eval report's over-optimisation section: an rl stage's held-out curve, gold and proxy vs sqrt(KL).
+
+No model: the curve comes from the monitor fed a constructed rise-then-fall, written as a finished
+stage's results, and read back by the report as the eval harness does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html.parser import HTMLParser
+from types import SimpleNamespace
+
+from ntp_rl.evaluation.html import plot_overoptimisation, render_html
+from ntp_rl.evaluation.overoptimisation_curve import read_curve
+from ntp_rl.evaluation.report import render_markdown
+from ntp_rl.stages.overoptimisation import OveroptimisationMonitor
+
+GOLDS = [0.40, 0.44, 0.48, 0.52, 0.56, 0.60, 0.52, 0.44, 0.36, 0.28]
+
+
+def _stage(tmp_path, with_kl: bool = True):
+    """An rl stage folder whose results hold the monitor's record of ten held-out evaluations."""
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=256)
+    for i, gold in enumerate(GOLDS):
+        logs = {
+            "eval_rewards/math_accuracy/mean": gold,
+            "eval_rewards/math_accuracy/std": 0.49,
+            "eval_rewards/reward_model/mean": 0.5 * i,
+            "eval_rewards/reward_model/std": 1.2,
+        }
+        if with_kl:
+            logs["eval_kl"] = (0.1 * i) ** 2
+        monitor.on_log(None, SimpleNamespace(global_step=5 * i), None, logs=logs)
+    stage = tmp_path / ("rl" if with_kl else "rl-no-kl")
+    stage.mkdir()
+    (stage / "COMPLETE").write_text(json.dumps({"global_step": 45, "overoptimisation": monitor.result()}))
+    return stage
+
+
+def _report(curves: dict) -> dict:
+    return {
+        "title": "t",
+        "num_items": 4,
+        "data_source": "synthetic:arithmetic",
+        "split": "test",
+        "generation": {"greedy": True, "max_new_tokens": 8, "seed": 0},
+        "summary": {
+            "rl": {"greedy_accuracy": 0.5, "greedy_accuracy_ci": [0.3, 0.7], "greedy_mean_tokens": 5}
+        },
+        "comparisons": {},
+        "overoptimisation": curves,
+    }
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs).get("alt", ""))
+
+
+def test_the_stage_curve_reaches_the_report(tmp_path):
+    data = read_curve(_stage(tmp_path))
+    assert data["proxy"] == "reward_model" and data["gold"] == "math_accuracy"
+    assert data["peak_step"] == 25 and data["flagged_at_step"] == 35 and data["samples"] == 256
+    assert [p["step"] for p in data["curve"]] == [5 * i for i in range(10)]
+    assert [round(p["sqrt_kl"], 6) for p in data["curve"]] == [round(0.1 * i, 6) for i in range(10)]
+    assert read_curve(tmp_path / "missing") is None and read_curve(None) is None
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "COMPLETE").write_text(json.dumps({"global_step": 2}))
+    assert read_curve(tmp_path / "sft") is None  # a stage without the monitor
+
+
+def test_markdown_has_a_row_per_evaluation_and_says_where_it_flagged(tmp_path):
+    markdown = render_markdown(_report({"rl": read_curve(_stage(tmp_path))}))
+    section = markdown[markdown.index("## Over-optimisation") :]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(GOLDS)
+    peak = next(row for row in rows if row.startswith("| 25 |"))
+    # KL 0.25, sqrt 0.5; gold 0.6 +- 1.96 * 0.49 / 16; proxy 2.5 +- 1.96 * 1.2 / 16
+    assert "| 0.2500 | 0.500 | 0.600 [0.540, 0.660] | 2.500 [2.353, 2.647] | gold's best |" in peak
+    assert next(row for row in rows if row.startswith("| 35 |")).endswith("| flagged |")
+    assert "flagged a fall at step 35, sqrt(KL) 0.700:" in section and "2 evaluations earlier" in section
+    assert "## Over-optimisation" not in render_markdown(_report({}))
+
+
+def test_html_plots_gold_and_proxy_against_sqrt_kl(tmp_path):
+    data = read_curve(_stage(tmp_path))
+    html = render_html(_report({"rl": data}))
+    parsed = _Images()
+    parsed.feed(html)
+    assert "gold and proxy reward against sqrt(KL) to the start" in parsed.images
+    assert "Over-optimisation: gold and proxy against sqrt(KL)" in html and "<script" not in html
+    without = _Images()
+    without.feed(render_html(_report({})))
+    assert len(parsed.images) == len(without.images) + 1
+    png = base64.b64decode(plot_overoptimisation({"rl": data}))
+    assert png.startswith(b"\x89PNG")
+
+
+def test_a_run_without_kl_is_plotted_against_the_step(tmp_path):
+    data = read_curve(_stage(tmp_path, with_kl=False))
+    assert all(p["sqrt_kl"] is None for p in data["curve"])
+    assert plot_overoptimisation({"rl": data}) is not None
+    markdown = render_markdown(_report({"rl": data}))
+    assert "| 25 | - | - | 0.600" in markdown
+
+
+def test_labels_and_reward_names_are_escaped(tmp_path):
+    data = read_curve(_stage(tmp_path))
+    data["gold"] = "<img src=x onerror=alert(1)>"
+    html = render_html(_report({"<b>rl</b>": data}))
+    assert "<b>rl</b>" not in html and "onerror=alert(1)>" not in html and "&lt;b&gt;rl&lt;/b&gt;" in html
