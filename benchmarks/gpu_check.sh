@@ -74,7 +74,8 @@ stage["trainer"].update(max_steps=int(sys.argv[1]), use_vllm=True, vllm_mode="co
 print(json.dumps(stage))
 EOF
 )" || { echo "gpu_check: could not read recipes/quickstart.yaml"; exit 1; }
-    OVERRIDES=("stages[2]=$VLLM_STAGE" "${OVERRIDES[@]}")  # replaces the eval stage, not run here
+    # Last: the overrides above name the rl stage by kind, which is one stage only until this one.
+    OVERRIDES+=("stages[2]=$VLLM_STAGE")  # replaces the eval stage, not run here
     STAGES+=(rl_vllm)
 fi
 
@@ -84,6 +85,10 @@ FAILED=0
 caps=([0]=150 [1]=120 [2]=100000)  # seconds at most per stage: sft, rl, then whatever is left for rl_vllm
 for i in "${!STAGES[@]}"; do
     stage="${STAGES[$i]}"
+    if (( FAILED )); then
+        STATUS[$stage]="not run (a stage failed)"
+        continue
+    fi
     left=$(( BUDGET_S - (SECONDS - START) - GRACE_S - 15 ))  # 15 s kept for the summary
     limit=$(( left < caps[i] ? left : caps[i] ))
     if (( limit < 30 )); then
@@ -137,7 +142,7 @@ def median(values):
 
 
 def fmt(value, spec):
-    return "-" if value is None else format(value, spec)
+    return "-".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
 
 
 for name, status in zip(pairs[::2], pairs[1::2]):
