@@ -796,6 +796,8 @@ def apply_smoke(raw: dict) -> None:
                     stage["prompt_filter"].update(SMOKE_PROMPT_FILTER)
         if stage.get("kind") in ("sft", "reward_model"):
             stage["eval_examples"] = min(int(stage.get("eval_examples", 4) or 0), 4)
+        if stage.get("kind") == "rl" and isinstance(stage.get("eval_examples"), int):
+            stage["eval_examples"] = min(stage["eval_examples"], 2)  # of the smoke data's 16 prompts
 
 
 def load_recipe(

@@ -204,9 +204,10 @@ def test_reward_model_as_grpo_reward(reward_model_run, write_recipe, tmp_path):
     assert manifest["config"]["stages"][0]["rewards"][1]["weight"] == 0.0  # gold: logged, not trained on
 
 
-def test_rlhf_recipe_smoke(tmp_path, tiny_model_path):
-    assert main(["train", str(REPO / "recipes" / "rlhf.yaml"), "--smoke", "--output-dir", str(tmp_path)]) == 0
-    run = tmp_path / "rlhf-smoke"
+def test_rlhf_arithmetic_recipe_smoke(tmp_path, tiny_model_path):
+    recipe = REPO / "recipes" / "rlhf_arithmetic.yaml"
+    assert main(["train", str(recipe), "--smoke", "--output-dir", str(tmp_path)]) == 0
+    run = tmp_path / "rlhf-arithmetic-smoke"
     manifest = json.loads((run / "manifest.json").read_text())
     assert [s["status"] for s in manifest["stages"].values()] == ["complete"] * 4
     rm = load_file(run / "reward_model" / "adapter" / "adapter_model.safetensors")

@@ -112,6 +112,39 @@ def ranking_agreement_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def gold_rows(report: dict[str, Any]) -> list[list[str]]:
+    """[checkpoint, gold mean greedy [CI], gold mean sampled [CI], truncated %, mean tokens, KL to base,
+    reference NLL] rows: the top table of a report without verdicts, measured by its `gold_scorer`."""
+    gold = report.get("gold_scorer")
+    rows = []
+    for name, s in report["summary"].items():
+        mode = "sampled" if "sampled_mean_tokens" in s else "greedy"
+        rewards = s.get("rewards", {})
+        rows.append(
+            [
+                name,
+                num_ci((rewards.get("greedy") or {}).get(gold), 3),
+                num_ci((rewards.get("sampled") or {}).get(gold), 3),
+                pct_ci(s.get(f"{mode}_truncation_rate"), s.get(f"{mode}_truncation_rate_ci")),
+                f"{s.get(f'{mode}_mean_tokens', 0):.1f} ({mode})",
+                num_ci(s.get("kl_to_base")),
+                num_ci(s.get("reference_nll"), 3),
+            ]
+        )
+    return rows
+
+
+def reward_comparison_rows(report: dict[str, Any]) -> list[list[str]]:
+    """[comparison, scorer, mode, diff [CI], items] rows of the paired comparisons of scorer means."""
+    rows = []
+    for label, by_scorer in (report.get("reward_comparisons") or {}).items():
+        for scorer, by_mode in sorted(by_scorer.items()):
+            for mode, d in by_mode.items():
+                diff = f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+                rows.append([label, scorer, mode, diff, str(d.get("items", ""))])
+    return rows
+
+
 def num_ci(entry: dict | None, digits: int = 4) -> str:
     if not entry or entry.get("value") is None or entry["value"] != entry["value"]:
         return "-"

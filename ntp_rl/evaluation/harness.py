@@ -55,7 +55,8 @@ def load_items(suite: EvalSuite, data_base_dir: Path | None, extra: ExtraSplit |
     split = suite.split if extra is None else extra.split
     limit = suite.max_examples if extra is None or extra.max_examples is None else extra.max_examples
     rows = load_rows(suite.data, split, suite.data_seed, data_base_dir)
-    require_columns(rows, ["prompt", "answer"], f"suite {suite.name} split {split!r}")
+    needed = ["prompt", "answer"] if suite.answer_check != "none" else ["prompt"]
+    require_columns(rows, needed, f"suite {suite.name} split {split!r}")
     if limit is not None and len(rows) > limit:
         rows = rows.select(range(limit))
     # Reference NLL (like KL and the probes) is measured on the main split only.
@@ -90,9 +91,10 @@ def load_extra_items(suite: EvalSuite, data_base_dir: Path | None, main_rows: An
 
 def prompt_items(prompts: list[Any], rows: Any) -> dict[str, Any]:
     """The `items` fields of a report besides `results`: prompts, gold answers and prompt hashes."""
+    answers = rows["answer"] if "answer" in rows.column_names else [None] * len(prompts)
     return {
         "prompts": prompts,
-        "gold": [str(a) for a in rows["answer"]],
+        "gold": [None if a is None else str(a) for a in answers],
         "prompt_sha256": prompt_hashes(prompts),
     }
 
@@ -101,6 +103,11 @@ def resolve_scorers(suite: EvalSuite, columns: list[str], base_dir: Path | None)
     from ntp_rl.rewards.registry import resolve_rewards
 
     return resolve_rewards(suite.scorers, base_dir, where="scorers", available_columns=columns)
+
+
+def gold_scorer(suite: EvalSuite, scorers: list[Any]) -> str | None:
+    """The name of the suite's first `gold: true` scorer (what a task without answers is measured by)."""
+    return next((r.__name__ for r, spec in zip(scorers, suite.scorers, strict=True) if spec.gold), None)
 
 
 def _decodings(suite: EvalSuite) -> list[tuple[str, Any]]:
@@ -118,26 +125,27 @@ def _decodings(suite: EvalSuite) -> list[tuple[str, Any]]:
 SCORE_CHUNK = 64  # completions per call of a scorer
 
 
-def _score(generations, rows, scorers) -> dict[str, Any]:
-    """Per-item fields of one checkpoint and mode: verdicts, answers, lengths, rewards, texts."""
+def _score(generations, rows, scorers, check_answers: bool = True) -> dict[str, Any]:
+    """Per-item fields of one checkpoint and mode: verdicts, answers, lengths, rewards, texts.
+
+    Without `check_answers` (a suite's `answer_check: none`) there are no verdicts or answers.
+    """
     from ntp_rl.rewards.math import score_math_answer
     from ntp_rl.rewards.scoring import score_completions
 
-    golds = [str(a) for a in rows["answer"]]
     fields: dict[str, Any] = {
         "texts": [g.texts for g in generations],
-        "correct": [],
-        "answers": [],
-        "parse_failed": [],
         "num_tokens": [g.num_tokens for g in generations],
         "truncated": [g.truncated for g in generations],
         "rewards": {},
     }
-    for generation, gold in zip(generations, golds, strict=True):
-        scores = [score_math_answer(text, gold) for text in generation.texts]
-        fields["correct"].append([s.correct for s in scores])
-        fields["answers"].append([None if s.parse_failed else s.extracted for s in scores])
-        fields["parse_failed"].append([s.parse_failed for s in scores])
+    if check_answers:
+        fields.update(correct=[], answers=[], parse_failed=[])
+        for generation, gold in zip(generations, [str(a) for a in rows["answer"]], strict=True):
+            scores = [score_math_answer(text, gold) for text in generation.texts]
+            fields["correct"].append([s.correct for s in scores])
+            fields["answers"].append([None if s.parse_failed else s.extracted for s in scores])
+            fields["parse_failed"].append([s.parse_failed for s in scores])
     if scorers:
         # Each scorer over every completion, with the data's columns by keyword, as TRL calls rewards.
         counts = [len(g.texts) for g in generations]
@@ -243,6 +251,7 @@ def run_suite(
     rows = load_items(suite, data_base_dir)
     extra_rows = load_extra_items(suite, data_base_dir, rows)
     scorers = resolve_scorers(suite, rows.column_names, suite_dir or data_base_dir)
+    gold = gold_scorer(suite, scorers)
     modules = MetricModules(suite, suite_dir)
     prompts = list(rows["prompt"])
     decodings = _decodings(suite)
@@ -307,7 +316,7 @@ def run_suite(
                         )
                         generation_seconds += time.time() - tick
                         completions += sum(len(g.texts) for g in generations)
-                        fields = _score(generations, split_rows, scorers)
+                        fields = _score(generations, split_rows, scorers, suite.answer_check != "none")
                         if split is None:
                             fields["token_ids"] = [g.token_ids for g in generations]  # for KL, then dropped
                             results[checkpoint.label][mode] = fields
@@ -361,7 +370,7 @@ def run_suite(
     for label in labels:
         for fields in results[label].values():
             fields.pop("token_ids", None)
-    summary = {label: summarise(results[label], modules, measures[label], seed) for label in labels}
+    summary = {label: summarise(results[label], modules, measures[label], seed, gold) for label in labels}
     beyond_ntp = None
     if probe_inputs is not None:
         from ntp_rl.probes.run import beyond_ntp_section
@@ -380,7 +389,7 @@ def run_suite(
         split: extra_split_section(
             split,
             {**prompt_items(list(split_rows["prompt"]), split_rows), "results": extra_results[split]},
-            {label: summarise(extra_results[split][label], modules, {}, seed) for label in labels},
+            {label: summarise(extra_results[split][label], modules, {}, seed, gold) for label in labels},
             main=(suite.split, keys(rows), results),
             keys=keys(split_rows),
             seed=seed,
@@ -402,6 +411,7 @@ def run_suite(
         "generation": suite.generation.model_dump(mode="json"),
         "checkpoints": {c.label: str(c.adapter) if c.adapter is not None else c.base for c in checkpoints},
         "summary": summary,
+        **({"gold_scorer": gold} if gold is not None else {}),
         **paired_sections(items, labels, seed, suite.flip_examples),
         **({"extra_splits": extra_splits} if extra_splits else {}),
         "training_curves": {c.label: training_curves(c.stage_dir) for c in checkpoints if c.stage_dir},

@@ -114,11 +114,16 @@ def reward_stats(
     rewards: dict[str, list[list[float | None]]],
     seed: int,
     correct: list[list[bool]] | None = None,
+    gold: str | None = None,
 ) -> dict[str, Any]:
     """Mean reward per scorer: per item the mean of its samples' non-None rewards, then over items.
 
-    With the samples' verdicts (`correct`), also each scorer's agreement with them (`ranking_agreement`).
+    With the samples' verdicts (`correct`), also each scorer's agreement with them (`ranking_agreement`);
+    without verdicts, each other scorer's agreement with the `gold` scorer's ranking, when there is one.
     """
+    reference = correct
+    if reference is None and gold is not None and gold in rewards:
+        reference = rewards[gold]  # type: ignore[assignment]
     out: dict[str, Any] = {}
     for name, per_sample in rewards.items():
         values = [[v for v in item if v is not None] for item in per_sample]
@@ -130,10 +135,15 @@ def reward_stats(
             "ci": list(bootstrap_ci(per_item, seed=seed)),
             "coverage": scored / total if total else 0.0,  # share of samples the reward applied to
         }
-        if correct is not None and not _is_the_verdict(per_sample, correct):
-            agreement = ranking_agreement(per_sample, correct, seed)
+        if correct is not None and _is_the_verdict(per_sample, correct):
+            continue
+        if reference is not None and not (correct is None and name == gold):
+            agreement = ranking_agreement(per_sample, reference, seed)
             if agreement is not None:
-                out[name]["ranking_agreement"] = agreement
+                out[name]["ranking_agreement"] = {
+                    **agreement,
+                    "against": "correct" if correct is not None else gold,
+                }
     return out
 
 
@@ -147,23 +157,28 @@ def _is_the_verdict(rewards: list[list[float | None]], correct: list[list[bool]]
 
 
 def ranking_agreement(
-    rewards: list[list[float | None]], correct: list[list[bool]], seed: int
+    rewards: list[list[float | None]], reference: list[list[Any]], seed: int
 ) -> dict[str, Any] | None:
     """How often a scorer ranks a right sample above a wrong one of the same prompt (ties count half).
 
-    Over every (right, wrong) pair of samples of one item, both scored: per item the share of pairs the
-    scorer orders correctly, then the mean over items that have such a pair, with a bootstrap interval
-    over those items. 0.5 is chance; it is what GRPO needs from a reward model (it compares samples of
-    one prompt), and it is measured on the policy's own samples, not on held-out preference pairs.
-    None when no item has a right and a wrong sample (greedy decoding, or all right or all wrong).
+    `reference` is each sample's verdict (True right, False wrong) or a gold score: over every pair of
+    samples of one item that the reference orders (a right and a wrong one; a higher and a lower gold
+    score), both scored, per item the share of pairs the scorer orders as the reference does, then the
+    mean over items that have such a pair, with a bootstrap interval over those items. 0.5 is chance;
+    it is what GRPO needs from a reward model (it compares samples of one prompt), and it is measured
+    on the policy's own samples, not on held-out preference pairs. None when no item has such a pair
+    (greedy decoding, or every sample of each item alike).
     """
     per_item, pairs = [], 0
-    for item_rewards, item_correct in zip(rewards, correct, strict=True):
-        right = [r for r, c in zip(item_rewards, item_correct, strict=True) if c and r is not None]
-        wrong = [r for r, c in zip(item_rewards, item_correct, strict=True) if not c and r is not None]
-        if not right or not wrong:
+    for item_rewards, item_reference in zip(rewards, reference, strict=True):
+        scored = [
+            (g, r)
+            for r, g in zip(item_rewards, item_reference, strict=True)
+            if r is not None and g is not None
+        ]
+        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for ga, a in scored for gb, b in scored if ga > gb]
+        if not wins:
             continue
-        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a in right for b in wrong]
         per_item.append(sum(wins) / len(wins))
         pairs += len(wins)
     if not per_item:
@@ -203,8 +218,11 @@ def summarise(
     modules: MetricModules,
     measures: dict[str, Any],
     seed: int,
+    gold: str | None = None,
 ) -> dict[str, Any]:
-    """One checkpoint's summary from its per-item results (`results[mode][field]`) and measures."""
+    """One checkpoint's summary from its per-item results (`results[mode][field]`) and measures.
+
+    `gold`: the scorer a task without verdicts is measured by (ranking agreement is against it)."""
     summary: dict[str, Any] = {"metrics": {}, "lengths": {}, "rewards": {}}
     for mode, fields in results.items():
         scores = modules.compute(mode, fields, seed)
@@ -225,7 +243,7 @@ def summarise(
         summary[f"{mode}_mean_tokens"] = lengths["mean"]
         summary[f"{mode}_truncation_rate"] = lengths["truncation_rate"]
         summary[f"{mode}_truncation_rate_ci"] = lengths["truncation_rate_ci"]
-        summary["rewards"][mode] = reward_stats(fields.get("rewards", {}), seed, fields.get("correct"))
+        summary["rewards"][mode] = reward_stats(fields.get("rewards", {}), seed, fields.get("correct"), gold)
     for name, per_item in measures.items():
         summary[name] = {**token_mean_stats(per_item["values"], seed), "on": per_item.get("on")}
     return summary

@@ -23,11 +23,13 @@ from ntp_rl.common import utc_now, write_json_atomic
 from ntp_rl.errors import UserError
 from ntp_rl.evaluation.formatting import (
     comparison_row,
+    gold_rows,
     md_cell,
     num_ci,
     pct,
     pct_ci,
     ranking_agreement_rows,
+    reward_comparison_rows,
     settings_line,
     split_tables,
 )
@@ -73,9 +75,16 @@ def _first_correct(results: dict[str, Any]) -> tuple[str, list[bool]]:
     return mode, [bool(item[0]) for item in results[mode]["correct"]]
 
 
+def has_verdicts(results: dict[str, Any]) -> bool:
+    """Whether every mode of every checkpoint has answer verdicts (a suite with `answer_check: none` has none)."""
+    return all("correct" in fields for modes in results.values() for fields in modes.values())
+
+
 def compare_pair(a: dict[str, Any], b: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Checkpoint b against a on the same items."""
+    """Checkpoint b against a on the same items (their verdicts; nothing without verdicts)."""
     out: dict[str, Any] = {}
+    if not has_verdicts({"a": a, "b": b}):
+        return out
     if "greedy" in a and "greedy" in b:
         ga = [bool(item[0]) for item in a["greedy"]["correct"]]
         gb = [bool(item[0]) for item in b["greedy"]["correct"]]
@@ -84,6 +93,35 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any], seed: int) -> dict[str, A
         sa = [sum(item) / len(item) for item in a["sampled"]["correct"]]
         sb = [sum(item) / len(item) for item in b["sampled"]["correct"]]
         out["sampled_pass1"] = paired_bootstrap_diff(sa, sb, seed=seed)
+    return out
+
+
+def _item_means(per_item: list[list[float | None]]) -> list[float | None]:
+    means = []
+    for item in per_item:
+        present = [v for v in item if v is not None]
+        means.append(sum(present) / len(present) if present else None)
+    return means
+
+
+def compare_rewards(a: dict[str, Any], b: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Checkpoint b against a on each scorer's mean per item, paired over the items both scored:
+    {scorer: {mode: {diff, ci_low, ci_high, items}}} (a paired bootstrap of the difference)."""
+    out: dict[str, Any] = {}
+    for mode in ("greedy", "sampled"):
+        if mode not in a or mode not in b:
+            continue
+        for name, values in a[mode].get("rewards", {}).items():
+            if name not in b[mode].get("rewards", {}):
+                continue
+            pairs = [
+                (x, y)
+                for x, y in zip(_item_means(values), _item_means(b[mode]["rewards"][name]), strict=True)
+                if x is not None and y is not None
+            ]
+            if pairs:
+                diff = paired_bootstrap_diff([x for x, _ in pairs], [y for _, y in pairs], seed=seed)
+                out.setdefault(name, {})[mode] = {**diff, "items": len(pairs)}
     return out
 
 
@@ -148,10 +186,52 @@ def disagreements(items: dict[str, Any], labels: list[str], limit: int = MAX_DIS
     return out
 
 
+def side_by_side(items: dict[str, Any], labels: list[str], limit: int = MAX_DISAGREEMENTS) -> list[dict]:
+    """The first items with each checkpoint's first sample and its scores: what a task without verdicts
+    shows instead of flips (sampled completions where at least two checkpoints have them)."""
+    results = items["results"]
+    sampled = [label for label in labels if "sampled" in results[label]]
+    mode = "sampled" if len(sampled) >= 2 else "greedy"
+    shown = [label for label in labels if mode in results[label]]
+    return [
+        {
+            "index": index,
+            "prompt": prompt_text(items["prompts"][index]),
+            "mode": mode,
+            "completions": {
+                label: {
+                    "text": results[label][mode]["texts"][index][0],
+                    "scores": {
+                        name: values[index][0]
+                        for name, values in results[label][mode].get("rewards", {}).items()
+                    },
+                }
+                for label in shown
+            },
+        }
+        for index in range(min(limit, len(items["prompts"])))
+    ]
+
+
 def paired_sections(items: dict[str, Any], labels: list[str], seed: int, max_examples: int) -> dict[str, Any]:
     reference = reference_label(labels)
     results = items["results"]
+    pairs = comparison_pairs(labels)
+    if not has_verdicts(results):  # no verdicts to compare or flip: the scorers' means, samples side by side
+        return {
+            "reference": reference,
+            "comparisons": {},
+            "reward_comparisons": {
+                f"{b} vs {a}": compare_rewards(results[a], results[b], seed) for a, b in pairs
+            },
+            "flips": {},
+            "disagreements": [],
+            "side_by_side": side_by_side(items, labels),
+        }
     return {
+        "reward_comparisons": {
+            f"{b} vs {a}": compare_rewards(results[a], results[b], seed) for a, b in pairs
+        },
         "reference": reference,
         "comparisons": {
             f"{b} vs {a}": compare_pair(results[a], results[b], seed) for a, b in comparison_pairs(labels)
@@ -224,15 +304,49 @@ def extra_split_section(
 # Text renderings
 
 
+def _gold_markdown(report: dict[str, Any]) -> list[str]:
+    """The top table of a report without verdicts: each checkpoint's mean gold score."""
+    gold = report.get("gold_scorer") or "-"
+    header = ["checkpoint", f"{gold} greedy [95% CI]", f"{gold} sampled [95% CI]", "truncated %"]
+    header += ["mean tokens", "KL to base /token", "reference NLL /token"]
+    return _md_table(header, gold_rows(report))
+
+
+def _fenced(text: str) -> list[str]:
+    return ["```text", text.replace("```", "'''"), "```"]
+
+
+def _side_by_side_markdown(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Samples side by side",
+        "",
+        "Each checkpoint's first sample of the first items, with its scores.",
+    ]
+    for item in report["side_by_side"]:
+        lines += ["", f"**#{item['index']}** ({item['mode']})", "", *_fenced(item["prompt"])]
+        for who, entry in item["completions"].items():
+            scores = ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in entry["scores"].items())
+            lines += [f"*{md_cell(who)}* ({scores}):", *_fenced(entry["text"])]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     title = report.get("title") or f"{report.get('run')} / {report.get('stage')}"
     lines = [f"# Eval: {title}", "", settings_line(report), ""]
-    lines += [
-        "| checkpoint | greedy acc % [95% CI] | sampled pass@1 % [95% CI] | parse fail % (greedy) | "
-        "truncated % | mean tokens | KL to base /token | reference NLL /token |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, s in report["summary"].items():
+    verdicts = "side_by_side" not in report  # else no answers were checked: the gold scorer measures
+    if not verdicts:
+        lines += _gold_markdown(report)
+    lines += (
+        []
+        if not verdicts
+        else [
+            "| checkpoint | greedy acc % [95% CI] | sampled pass@1 % [95% CI] | parse fail % (greedy) | "
+            "truncated % | mean tokens | KL to base /token | reference NLL /token |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+    )
+    for name, s in report["summary"].items() if verdicts else ():
         mode = "greedy" if "greedy_mean_tokens" in s else "sampled"
         failed = pct_ci(
             s.get("greedy_parse_failure_rate", s.get("sampled_parse_failure_rate")),
@@ -281,13 +395,25 @@ def render_markdown(report: dict[str, Any]) -> str:
                     + " |"
                 )
         agreement = ranking_agreement_rows(report["summary"])
-        if agreement:
+        gold = report.get("gold_scorer")
+        if agreement and not verdicts:
+            lines += ["", f"## Does each scorer rank the samples as {gold} does?", ""]
+            lines += [
+                f"Share of pairs of samples of the same prompt that {gold} tells apart which the scorer "
+                "orders the same way (ties half; 0.5 is chance), mean over prompts with such a pair [95% "
+                "CI]: what GRPO needs from a reward, measured on each checkpoint's own samples.",
+                "",
+            ]
+        elif agreement:
             lines += ["", "## Does each scorer rank a right answer above a wrong one?", ""]
             lines += [
                 "Share of (right, wrong) pairs of samples of the same prompt that the scorer orders "
                 "correctly (ties half; 0.5 is chance), mean over prompts with both [95% CI]: what GRPO "
                 "needs from a reward, measured on each checkpoint's own samples.",
                 "",
+            ]
+        if agreement:
+            lines += [
                 "| checkpoint | mode | scorer | agreement [95% CI] | prompts | pairs |",
                 "|---|---|---|---|---|---|",
             ]
@@ -305,6 +431,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                 )
     elif report.get("note"):
         lines += ["", f"_{report['note']}_"]
+    rewards_compared = reward_comparison_rows(report)
+    if rewards_compared and report.get("gold_scorer"):
+        lines += ["", "## Paired comparisons of mean scores (same items)", ""]
+        lines += ["Difference of each scorer's mean per item, paired bootstrap [95% CI].", ""]
+        lines += _md_table(["comparison", "scorer", "mode", "diff [95% CI]", "items"], rewards_compared)
+    if report.get("side_by_side"):
+        lines += _side_by_side_markdown(report)
     for label, flip in (report.get("flips") or {}).items():
         lines += ["", f"## Flips: {label} ({flip['mode']})", ""]
         lines += [f"wrong->right: {flip['wrong_to_right']}, right->wrong: {flip['right_to_wrong']}"]
@@ -355,7 +488,18 @@ def summary_text(report: dict[str, Any]) -> str:
             bits.append(f"greedy {pct(summary['greedy_accuracy'])}%")
         if "sampled_pass1" in summary:
             bits.append(f"sampled pass@1 {pct(summary['sampled_pass1'])}%")
+        gold = report.get("gold_scorer")
+        if not bits and gold:  # no verdicts: the gold scorer's means
+            for mode, rewards in summary.get("rewards", {}).items():
+                if gold in rewards:
+                    bits.append(f"{gold} {mode} {rewards[gold]['value']:.3f}")
         parts.append(f"{name}: " + ", ".join(bits))
+    if not report["comparisons"] and report.get("gold_scorer"):
+        for label, by_scorer in (report.get("reward_comparisons") or {}).items():
+            for mode, d in by_scorer.get(report["gold_scorer"], {}).items():
+                parts.append(
+                    f"{label} {report['gold_scorer']} {mode}: {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+                )
     for label, comparison in report["comparisons"].items():
         for metric, values in comparison.items():
             parts.append(
@@ -394,7 +538,8 @@ def write_samples(report: dict[str, Any], path: Path) -> None:
                 for mode, fields in modes.items():
                     record[f"{name}/{mode}"] = {
                         "texts": fields["texts"][index],
-                        "correct": fields["correct"][index],
+                        "correct": fields["correct"][index] if "correct" in fields else None,
+                        "rewards": {k: v[index] for k, v in fields.get("rewards", {}).items()},
                     }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 

@@ -135,7 +135,10 @@ class EvalSuite(StrictModel):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     # How a completion's final answer is read and checked for accuracy, pass@k, maj@k and
     # extraction failures: `math` is `score_math_answer`, the check behind the math_accuracy reward.
-    answer_check: Literal["math"] = "math"
+    # `none`: no answer to check (a task such as synthetic:reviews, with no `answer` column): the
+    # scorers are the measure, a `gold: true` one the reference that ranking agreement compares with,
+    # and the metric modules default to none (they read the verdicts).
+    answer_check: Literal["math", "none"] = "math"
     # Rewards whose mean per checkpoint is reported: reward specs, exactly as in a recipe's rl stage.
     scorers: list[RewardSpecSettings] = Field(
         default_factory=lambda: [RewardSpecSettings(name="math_accuracy")]
@@ -165,6 +168,12 @@ class EvalSuite(StrictModel):
         if any(extra.split == main for extra in value):
             raise ValueError(f"{main!r} is the main split (`split`) already")
         return unique_extra_splits(value)
+
+    @model_validator(mode="after")
+    def _no_verdict_metrics_without_answers(self) -> EvalSuite:
+        if self.answer_check == "none" and "metrics" not in self.model_fields_set:
+            self.metrics = []
+        return self
 
     @field_validator("metrics")
     @classmethod

@@ -139,15 +139,23 @@ def stage_suite(
     reference = None
     from ntp_rl.data import load_rows
 
-    if (
-        "solution"
-        in load_rows(data, stage.split or data.test_split, recipe.run.seed, recipe_dir).column_names
-    ):
-        reference = ReferenceNllSettings(column="solution")
+    columns = load_rows(data, stage.split or data.test_split, recipe.run.seed, recipe_dir).column_names
+    # The SFT targets, where the data has them: NLL of what SFT imitated.
+    target = next((column for column in ("solution", "completion") if column in columns), None)
+    if target is not None:
+        reference = ReferenceNllSettings(column=target)
     if any(extra.split == (stage.split or data.test_split) for extra in stage.extra_splits):
         raise UserError(
             f"{where}.extra_splits: {stage.split or data.test_split!r} is the stage's main split already "
             "(`split`, default data.test_split); list only further splits"
+        )
+    scorers = _training_rewards(recipe, index, run_dir)
+    if "answer" not in columns and not any(spec.gold for spec in scorers):
+        raise UserError(
+            f"{where}: the data needs column(s) prompt+answer (an answer to check), or a gold reward "
+            f"(`gold: true`) among the rewards of an rl stage before it, to measure the checkpoints by; "
+            f"data.source {data.source!r} split {stage.split or data.test_split!r} has {columns}. Map an "
+            "answer column with data.columns, or mark the true objective `gold: true`"
         )
     suite = EvalSuite(
         name=stage.stage_name,
@@ -166,8 +174,10 @@ def stage_suite(
             batch_size=stage.batch_size,
             sampled_checkpoints=stage.sampled_checkpoints,
         ),
-        scorers=_training_rewards(recipe, index, run_dir),
-        metrics=default_metrics(),
+        scorers=scorers,
+        # No `answer` column (synthetic:reviews): nothing to check; the scorers, a gold one first, measure.
+        answer_check="math" if "answer" in columns else "none",
+        metrics=default_metrics() if "answer" in columns else [],
         reference_nll=reference,
         probes=stage.probes,
     )
@@ -264,6 +274,16 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
                 for name, s in section["summary"].items()
                 for key, value in s.items()
                 if key in ("greedy_accuracy", "sampled_pass1")
+            }
+        )
+    gold = report.get("gold_scorer")
+    if gold is not None:  # the gold's mean per checkpoint and mode
+        headline.update(
+            {
+                f"{name}/{mode}_{gold}": rewards[gold]["value"]
+                for name, s in report["summary"].items()
+                for mode, rewards in s.get("rewards", {}).items()
+                if gold in rewards
             }
         )
     return {"report": str(ctx.stage_dir / "report.json"), "summary": text, **headline}
