@@ -2,29 +2,26 @@
 
 Gao et al. 2022 plot the gold and the proxy reward against sqrt(KL) from the RL policy to its
 initialisation; the rl stage's over-optimisation curve (overoptimisation.py) does the same at each
-of the held-out evaluations TRL runs when the stage has `eval_examples`. The KL is per completion
-token, on the completions each evaluation samples, at the sampling temperature:
+of the held-out evaluations TRL runs when the stage has `eval_examples`. The KL is TRL's own `eval_kl`:
+per completion token, on the completions each evaluation samples, at the sampling temperature, to a
+reference that is the policy's start (a frozen "ref" copy of the adapter it started from, or, for a
+fresh adapter, the base with adapters disabled: the SFT policy either way). GRPOTrainer's estimator
+is k3 = exp(r) - r - 1 with r = log q(token) - log p(token) (p the policy, q its start), unbiased per
+token and never negative; RLOOTrainer's is the first-order -r, which can be negative.
 
-    k3 = exp(r) - r - 1,  r = log q(token) - log p(token),  p the policy, q its start,
+TRL computes it only when it penalises it (`trainer.beta` != 0). With `beta: 0` it keeps no
+reference and computes nothing, so `HeldoutKl`:
+- keeps the reference TRL keeps with a penalty: a frozen "ref" copy of a starting adapter, made
+  before training;
+- sets the trainer's coefficient to `KL_PROBE_BETA` for the duration of each evaluation only, so
+  that TRL's own evaluation computes the reference's log-probabilities and its KL, and logs `eval_kl`,
+  exactly as with a KL penalty. Training never sees it. The evaluation's loss gains
+  KL_PROBE_BETA x KL (RLOO: its rewards lose it), far below anything those numbers are read for.
 
-averaged over the completion tokens (the estimator TRL's GRPOTrainer uses for its KL penalty: an
-unbiased estimate of KL(p || q) per token that is never negative).
-
-- `trainer.beta` != 0: TRL computes it itself and logs `eval_kl`; nothing is added. Its reference is
-  a frozen copy ("ref") of the adapter the policy started from, or, for a fresh adapter, the base
-  with adapters disabled: the SFT policy either way.
-- `trainer.beta` == 0: TRL keeps no reference and computes no KL. `HeldoutKl` keeps the same
-  reference TRL would (a frozen "ref" copy of a starting adapter) and, in evaluation only, computes
-  the same estimator on the same completions into the same `eval_kl`: one forward pass of the
-  reference and one of the policy per evaluation batch (the policy's log-probabilities are reused
-  when TRL kept them), small beside sampling the completions a token at a time. Training is
-  untouched.
-
-TRL's RLOOTrainer with beta != 0 logs the first-order estimator instead (log p - log q per token,
-which can be negative); the stage records which one its `eval_kl` is (`kl_estimator`).
-Checked with TRL 1.16: `_get_per_token_logps_and_entropies` and `_metrics` are the trainers' own
-log-probability routine and metric buffer (the same ones their KL uses); no public option computes
-a KL without a KL penalty.
+Cost: one forward pass of the reference per evaluation batch, what TRL spends on its KL with a
+penalty. Checked with TRL 1.16: both trainers read `self.beta` when they score a batch and compute
+the loss, and nothing else about evaluation depends on it; no public option computes a KL without a
+KL penalty.
 """
 
 from __future__ import annotations
@@ -35,11 +32,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 REFERENCE_ADAPTER = "ref"  # TRL's name for the frozen copy of the adapter the policy started from
+KL_PROBE_BETA = 1e-12  # nonzero: TRL computes the KL; tiny: what it adds to the eval loss is nothing
 
 
-def kl_estimator(algorithm: str, beta: float) -> str:
-    """Which estimator the stage's `eval_kl` is: TRL RLOO's own (beta != 0) is first-order, else k3."""
-    return "k1" if algorithm == "rloo" and beta != 0.0 else "k3"
+def kl_estimator(algorithm: str) -> str:
+    """Which estimator the stage's `eval_kl` is: RLOO's first-order one, else GRPO's k3."""
+    return "k1" if algorithm == "rloo" else "k3"
 
 
 def keep_reference_adapter(model: Any) -> None:
@@ -55,7 +53,7 @@ def keep_reference_adapter(model: Any) -> None:
 
 
 def with_heldout_kl(trainer_class: type) -> type:
-    """`trainer_class` (TRL's GRPOTrainer or RLOOTrainer, or a subclass) measuring `eval_kl` at any beta."""
+    """`trainer_class` (TRL's GRPOTrainer or RLOOTrainer, or a subclass) logging `eval_kl` at any beta."""
     return type(trainer_class.__name__, (HeldoutKl, trainer_class), {})
 
 
@@ -69,51 +67,27 @@ class HeldoutKl:
         from accelerate.utils import is_peft_model
 
         args, model = kwargs.get("args"), kwargs.get("model")
-        self._heldout_kl = args is not None and args.beta == 0.0 and kwargs.get("eval_dataset") is not None
-        if self._heldout_kl and is_peft_model(model):
-            # Copied before training: the adapter the policy starts from (a resumed run loads its
-            # checkpoint into "default" later, in train()).
-            keep_reference_adapter(model)
+        self._probe_kl = args is not None and args.beta == 0.0 and kwargs.get("eval_dataset") is not None
+        started_from_adapter = is_peft_model(model)
         super().__init__(**kwargs)
-        if self._heldout_kl and not is_peft_model(self.accelerator.unwrap_model(self.model)):
+        if not self._probe_kl:
+            return
+        if not is_peft_model(self.model):
             logger.warning(
                 "held-out KL: the policy is not a PEFT model, so it has no reference; not measured"
             )
-            self._heldout_kl = False
+            self._probe_kl = False
+        elif started_from_adapter:
+            # Before training, so the adapter the policy starts from (a resumed run loads its checkpoint
+            # into "default" later, in train()). RLOOTrainer keeps one at any beta; GRPOTrainer only
+            # with a KL penalty. A fresh adapter needs none: disabled, it is the base it started as.
+            keep_reference_adapter(self.model)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self._heldout_kl and not self.model.training:
-            # TRL averages the buffer's values over the evaluation and logs them as `eval_kl`.
-            self._metrics["eval"]["kl"].append(self.heldout_kl(model, inputs))
-        return loss
-
-    def heldout_kl(self, model, inputs: dict[str, Any]) -> float:
-        """Mean k3 over the batch's completion tokens (all processes), the policy against its start."""
-        import torch
-        from trl.trainer.utils import use_adapter
-
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        keep = inputs["completion_ids"].size(1)
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
-        batch_size = self.args.per_device_eval_batch_size
-        with torch.no_grad():
-            policy = inputs.get("old_per_token_logps")  # computed in this evaluation, before any update
-            if policy is None:
-                policy, _, _ = self._get_per_token_logps_and_entropies(
-                    model, input_ids, attention_mask, keep, batch_size=batch_size
-                )
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            start = REFERENCE_ADAPTER if REFERENCE_ADAPTER in unwrapped.peft_config else None
-            with use_adapter(unwrapped, adapter_name=start):  # None: adapters disabled, the base
-                reference, _, _ = self._get_per_token_logps_and_entropies(
-                    self.model, input_ids, attention_mask, keep, batch_size=batch_size
-                )
-            log_ratio = reference - policy
-            per_token = torch.exp(log_ratio) - log_ratio - 1
-            totals = torch.stack([(per_token * mask).sum(), mask.sum().float()])
-            totals = self.accelerator.reduce(totals, reduction="sum")
-        return (totals[0] / totals[1].clamp(min=1.0)).item()
+    def evaluate(self, *args: Any, **kwargs: Any):
+        if not self._probe_kl:
+            return super().evaluate(*args, **kwargs)
+        self.beta = KL_PROBE_BETA
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.beta = 0.0

@@ -383,9 +383,7 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         if eval_dataset is not None
         else 0
     )
-    monitor = monitor_for(
-        stage.rewards, reward_funcs, heldout_samples, kl_estimator(stage.algorithm, args.beta)
-    )
+    monitor = monitor_for(stage.rewards, reward_funcs, heldout_samples, kl_estimator(stage.algorithm))
     if monitor is not None:
         callbacks.append(monitor)
     # With held-out prompts: KL to the starting policy at each evaluation, also with beta 0.
