@@ -238,6 +238,9 @@ class RlStage(TrainingStage):
     # same), where that leaves the update as TRL computes it (beta 0 for GRPO; see
     # ntp_rl/stages/rl_trainer.py). false = TRL's computation row for row.
     skip_zero_advantage: bool = True
+    # Run a prompt shared by a group's completions through the policy once in the training forward
+    # (same log-probabilities and gradient; one process, no gradient checkpointing). false = once per row.
+    share_prompt_prefix: bool = True
 
     @field_validator("rewards")
     @classmethod
@@ -373,7 +376,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     "eval": {"probes": None, "sampled_checkpoints": None, "extra_splits": []},
     "reward_model": {"init_from": None, "policy_pairs": None, "seed": None},
     "sft": {"seed": None},
-    "rl": {"seed": None, "eval_examples": 0, "skip_zero_advantage": True},
+    "rl": {"seed": None, "eval_examples": 0, "skip_zero_advantage": True, "share_prompt_prefix": True},
 }
 
 # The same for keys of a reward_model stage's `policy_pairs`.

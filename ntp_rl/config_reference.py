@@ -112,6 +112,7 @@ DESCRIPTIONS: dict[str, str] = {
     "stages[rl].prompt_filter.batch_size": "Sequences per generate call.",
     "stages[rl].init_from": "The stage whose adapter the policy starts from; null = the previous sft stage if there is one.",
     "stages[rl].skip_zero_advantage": "Skip the forward/backward of completions whose advantage is exactly 0 (every completion of their prompt scored the same) where the update stays TRL's (GRPO with `beta: 0`, any RLOO); the loss is rescaled for its normaliser and `useful_share` logs the share back-propagated. `false` = TRL's computation row for row.",
+    "stages[rl].share_prompt_prefix": "Run the prompt shared by a group's completions through the policy once in the training forward (keys and values expanded to each row): the same log-probabilities and gradient for less compute. Used with one process and no gradient checkpointing; `false` = once per row, as TRL.",
     "stages[rl].eval_examples": "Training prompts held out for TRL's own evaluation loop (before step 1 and every `trainer.eval_steps`, default a quarter of `max_steps`), logged as `eval_rewards/<name>/mean` and read by the over-optimisation monitor; 0 = none.",
     "stages[eval].suite": "An eval suite file (`eval/arithmetic.yaml`: the recipe's folder, the current folder, then the shipped suites); inline settings set here override the suite's. null = the inline settings.",
     "stages[eval].split": "Split evaluated; null = `data.test_split`.",

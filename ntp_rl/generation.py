@@ -99,6 +99,62 @@ def merged_lora_weights(model):
                 module.merged_adapters.remove(adapter)
 
 
+@contextlib.contextmanager
+def shared_prompt_prefill(model):
+    """`model.generate` computes each distinct prompt's keys and values once, for all its rows.
+
+    GRPO samples a group of completions per prompt as that many rows of one batch; `generate` would
+    run the prompt through the model once per row. Inside this context, a `generate(input_ids,
+    attention_mask, ...)` call whose rows repeat runs each distinct (left-padded) prompt but its last
+    token once, with the positions `generate` gives left-padded rows, expands the KV cache to every
+    row, and hands it to `generate`, which then starts from the last prompt token: the same logits
+    at every step (up to float round-off), the same random draws, the prompt's compute paid once per
+    group. Calls with other tensor inputs (images), a cache of their own, or no repeated row run as
+    they are.
+    """
+    import inspect
+
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_kw = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    original = model.generate
+
+    def generate(*args, input_ids=None, attention_mask=None, **kwargs):
+        others = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+        if args or input_ids is None or attention_mask is None or others or kwargs.get(cache_kw) is not None:
+            return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if input_ids.size(1) < 2:
+            return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        rows = torch.cat([input_ids, attention_mask], dim=1)
+        distinct, row_of = torch.unique(rows, dim=0, return_inverse=True)
+        if distinct.size(0) == input_ids.size(0):
+            return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        first = torch.full((distinct.size(0),), rows.size(0), dtype=torch.long, device=rows.device)
+        first.scatter_reduce_(0, row_of, torch.arange(rows.size(0), device=rows.device), reduce="amin")
+        mask = attention_mask[first, :-1]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate's own prefill
+        with torch.no_grad():
+            prefix = model(
+                input_ids=input_ids[first, :-1],
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        cache = getattr(prefix, cache_kw, None)
+        if cache is None:  # a model that returned no cache: generate the usual way
+            return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        cache.batch_select_indices(row_of)
+        return original(input_ids=input_ids, attention_mask=attention_mask, **{cache_kw: cache}, **kwargs)
+
+    model.generate = generate
+    try:
+        yield model
+    finally:
+        del model.generate
+
+
 def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:
     """Token ids of chat-templated prompts (a prompt is a message list or a plain user string)."""
     encoded = []

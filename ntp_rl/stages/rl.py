@@ -397,6 +397,7 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         peft_config=peft_config,
         callbacks=[*callbacks, samples],
         skip_zero_advantage=stage.skip_zero_advantage,
+        share_prompt_prefix=stage.share_prompt_prefix,
     )
     samples.trainer = trainer
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
