@@ -70,6 +70,7 @@ def trainer_settings(args: argparse.Namespace) -> dict:
         "num_generations": args.num_generations,
         "max_completion_length": args.max_completion_length,
         "temperature": args.temperature,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "beta": 0.0,
         "learning_rate": 1e-5,
         "logging_steps": 1,
@@ -218,6 +219,7 @@ def run_side(side: str, args: argparse.Namespace, root: Path, repeat: int) -> di
     cmd += [f"--warmup-steps={args.warmup_steps}", f"--batch-size={args.batch_size}"]
     cmd += [f"--grad-accum={args.grad_accum}", f"--temperature={args.temperature}", f"--rows={args.rows}"]
     cmd += [f"--ntp-rl-set={kv}" for kv in args.ntp_rl_set]
+    cmd += ["--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing"]
     cmd += [
         f"--num-generations={args.num_generations}",
         f"--max-completion-length={args.max_completion_length}",
@@ -366,6 +368,12 @@ def main() -> None:
         "--grad-accum", type=int, default=1, help="micro-batches per step (generated together)"
     )
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="TRL's default is on; the quickstart turns it off (a 135M model does not need it)",
+    )
     parser.add_argument(
         "--filter-prompts", type=int, default=0, help="keep prompts among N whose samples disagree (0 = all)"
     )

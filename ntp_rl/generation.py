@@ -2,7 +2,7 @@
 
 Prompts are chat-templated exactly as in training (`apply_chat_template(add_generation_prompt=True)`),
 sorted by length so batches carry little padding, left-padded, and generated with transformers'
-`generate`; `num_return_sequences` shares one prompt encoding among its n samples, and rows stop at
+`generate`; the n samples of a prompt share one prefill (`shared_prompt_prefill`), and rows stop at
 EOS independently. Sampling is seeded per batch, so a checkpoint's numbers do not depend on what
 ran before it in the same process.
 """
@@ -210,12 +210,15 @@ def generate(
                 "top_p": decoding.top_p,
                 "top_k": 0,
             }
-        with torch.inference_mode():
+        samples = decoding.num_samples
+        # Each prompt's samples as rows of their own, as `num_return_sequences` would expand them (the
+        # same rows, so the same random draws), so that the prompt is prefilled once for all of them.
+        shared = shared_prompt_prefill(model) if samples > 1 else contextlib.nullcontext()
+        with torch.inference_mode(), shared:
             out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
+                input_ids=input_ids.repeat_interleave(samples, dim=0).to(device),
+                attention_mask=attention.repeat_interleave(samples, dim=0).to(device),
                 max_new_tokens=decoding.max_new_tokens,
-                num_return_sequences=decoding.num_samples,
                 pad_token_id=pad_id,
                 eos_token_id=sorted(eos_ids),
                 **kwargs,

@@ -329,3 +329,41 @@ def test_shared_prompt_prefill_samples_the_same_tokens(tiny_model_path):
     assert torch.equal(shared, plain)
     assert embedded[:2] == [(3, 19), (9, 1)]  # 3 prompts prefilled, then every row from the last prompt token
     assert "generate" not in model.__dict__  # the model's own generate is back
+
+
+def test_eval_generate_samples_what_num_return_sequences_samples(tiny_model_path):
+    """ntp-rl's batched `generate` (prompts prefilled once for their samples) draws transformers' tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ntp_rl.generation import Decoding, encode_prompts, generate
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    prompts = ["What is 2 + 2?", "Name a colour, please."]  # different lengths: left padding
+    decoding = Decoding(num_samples=3, temperature=1.0, max_new_tokens=6, seed=5)
+    ours = generate(model, tokenizer, prompts, decoding, batch_size=6)
+
+    encoded = encode_prompts(tokenizer, prompts)
+    order = sorted(range(2), key=lambda i: -len(encoded[i]))  # as generate batches them
+    width = max(map(len, encoded))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in order])
+    mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in order])
+    torch.manual_seed(decoding.seed * 100_003)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        max_new_tokens=6,
+        num_return_sequences=3,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        pad_token_id=pad,
+        eos_token_id=[tokenizer.eos_token_id],
+    )[:, width:]
+    for r, i in enumerate(order):
+        for s in range(3):
+            ids = out[r * 3 + s].tolist()
+            assert ours[i].token_ids[s] == ids[: len(ours[i].token_ids[s])]
