@@ -228,3 +228,37 @@ def test_evaluations_without_kl_or_spread_leave_them_out():
     assert row["kl"] is None and row["sqrt_kl"] is None and row["proxy_interval"] is None
     assert row["gold_interval"] == 0.0  # no spread logged: taken as 0
     assert OveroptimisationMonitor("reward_model", "math_accuracy").result()["heldout"] is None
+
+
+def test_a_resumed_run_reads_back_the_series_before_its_checkpoint(tmp_path):
+    """The resumed stage's monitor starts from metrics.jsonl up to the checkpoint, not from nothing."""
+    import json
+
+    def evaluation(step: int, gold: float) -> dict:
+        return {
+            "step": step,
+            "eval_rewards/math_accuracy/mean": gold,
+            "eval_rewards/math_accuracy/std": GOLD_SD,
+            "eval_rewards/reward_model/mean": 0.1 * step,
+            "eval_kl": 0.01 * step,
+        }
+
+    def train_step(step: int) -> dict:
+        return {"step": step, "rewards/reward_model/mean": 0.1 * step, "rewards/math_accuracy/mean": 0.5}
+
+    logged = [evaluation(0, 0.40), train_step(5), evaluation(5, 0.60), train_step(10), evaluation(10, 0.30)]
+    logged += [train_step(15), evaluation(15, 0.20)]  # after checkpoint-10, before the interruption
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in logged) + '{"step": 16, "eval_rew')
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=HELDOUT_SAMPLES)
+    monitor.replay(metrics, until_step=10)
+    assert monitor.heldout["step"] == [0, 5, 10] and monitor.steps == [5, 10]
+    assert monitor.flagged_at_step == 10  # 0.60 -> 0.30, as the interrupted run found
+    # The resumed trainer evaluates again at its checkpoint's step (other samples): the first stands.
+    for record in (evaluation(10, 0.55), train_step(15), evaluation(15, 0.25)):
+        monitor.on_log(None, SimpleNamespace(global_step=record["step"]), None, logs=record)
+    heldout = monitor.result()["heldout"]
+    assert heldout["step"] == [0, 5, 10, 15] and heldout["gold"] == [0.40, 0.60, 0.30, 0.25]
+    assert monitor.steps == [5, 10, 15]
+    monitor.replay(tmp_path / "missing.jsonl", until_step=10)  # nothing to read: nothing changes
+    assert monitor.heldout["step"] == [0, 5, 10, 15]

@@ -35,9 +35,12 @@ with probability ~0.9 % and both with ~0.007 %.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from transformers import TrainerCallback
@@ -187,6 +190,8 @@ class OveroptimisationMonitor(TrainerCallback):
             return
         kl = logs.get("eval_kl")
         h = self.heldout
+        if h["step"] and int(step) <= h["step"][-1]:
+            return  # a resumed run evaluates again at its checkpoint's step: the first one stands
         h["step"].append(int(step))
         for key, value in (("gold", gold), ("gold_std", gold_std), ("proxy", proxy)):
             h[key].append(float(value))
@@ -227,6 +232,8 @@ class OveroptimisationMonitor(TrainerCallback):
             return
         if not (math.isfinite(proxy) and math.isfinite(gold)):
             return
+        if self.steps and state.global_step <= self.steps[-1]:
+            return
         self.steps.append(state.global_step)
         self.proxy_values.append(float(proxy))
         self.gold_values.append(float(gold))
@@ -250,6 +257,23 @@ class OveroptimisationMonitor(TrainerCallback):
                 since,
                 self.window,
             )
+
+    def replay(self, metrics: Path, until_step: int) -> None:
+        """Read back what an interrupted run logged (`metrics.jsonl`) up to the checkpoint it resumes from.
+
+        The series then holds the evaluations and steps from before the interruption, as an
+        uninterrupted run's would; a warning already given is given again.
+        """
+        if not metrics.is_file():
+            return
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the interruption
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, int) and step <= until_step:
+                self.on_log(None, SimpleNamespace(global_step=step), None, logs=record)
 
     def result(self) -> dict[str, Any]:
         return {

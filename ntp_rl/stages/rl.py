@@ -22,6 +22,8 @@ from ntp_rl.errors import UserError
 from ntp_rl.models import load_causal_lm, load_tokenizer
 from ntp_rl.stages.common import (
     ADAPTER_DIR,
+    CHECKPOINT_PATTERN,
+    METRICS_FILE,
     StageContext,
     StageRunner,
     check_stage_adapter,
@@ -401,6 +403,9 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
     )
     samples.trainer = trainer
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
+    if monitor is not None and resume is not None:  # its series from before the interruption
+        step = int(CHECKPOINT_PATTERN.match(Path(resume).name).group(1))
+        monitor.replay(ctx.stage_dir / METRICS_FILE, step)
     with stop.catching_signals():
         train_output = trainer.train(resume_from_checkpoint=resume)
     stop.raise_if_stopped()  # a checkpoint was saved; the stage is not complete
