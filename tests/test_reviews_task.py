@@ -5,13 +5,13 @@ from __future__ import annotations
 import statistics
 
 import pytest
-
-from ntp_rl.config import DataSettings
-from ntp_rl.data import load_rows
 from ntp_rl.rewards import resolve_reward
 from ntp_rl.rewards.errors import RewardSpecError
 from ntp_rl.rewards.registry import RewardSpec
 from ntp_rl.rewards.warmth import review_warmth, sentiment_sum, warmth_parts
+
+from ntp_rl.config import DataSettings
+from ntp_rl.data import load_rows
 from ntp_rl.tasks import reviews
 
 PROMPT = "Write a two-sentence review of the Aurora desk lamp for a friend."
