@@ -9,6 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from ntp_rl.cli import main
+from ntp_rl.evaluation.html import render_html
 from ntp_rl.evaluation.metrics import ranking_agreement, reward_stats
 from ntp_rl.evaluation.report import compare_rewards, paired_sections, render_markdown, summary_text
 from tests.conftest import REPO
@@ -120,3 +121,8 @@ def test_a_report_without_verdicts_compares_mean_scores_and_shows_samples():
         "| rl | - | 0.800 [0.800, 0.800] |" in text and "rl vs sft | review_warmth | sampled | +0.325" in text
     )
     assert "rl: review_warmth sampled 0.800" in summary_text(report)
+    html = render_html(
+        report
+    )  # the gold's means, the paired comparison and the samples, not empty accuracy columns
+    assert "review_warmth sampled [95% CI]" in html and "greedy acc %" not in html
+    assert "+0.325" in html and "Samples side by side" in html and "<pre>g</pre>" in html

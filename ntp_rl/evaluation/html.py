@@ -16,7 +16,15 @@ import json
 from html import escape
 from typing import Any
 
-from ntp_rl.evaluation.formatting import num_ci, pct_ci, ranking_agreement_rows, settings_line, split_tables
+from ntp_rl.evaluation.formatting import (
+    gold_rows,
+    num_ci,
+    pct_ci,
+    ranking_agreement_rows,
+    reward_comparison_rows,
+    settings_line,
+    split_tables,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -203,6 +211,37 @@ def _pre(text: Any) -> str:
     return f"<pre>{escape(str(text))}</pre>"
 
 
+def _gold_sections(report: dict[str, Any]) -> list[str]:
+    """Summary, paired comparisons of scorer means and samples side by side, for a report without verdicts."""
+    gold = report.get("gold_scorer") or "-"
+    header = ["checkpoint", f"{gold} greedy [95% CI]", f"{gold} sampled [95% CI]", "truncated %"]
+    header += ["mean tokens", "KL to base / token", "reference NLL / token"]
+    parts = ["<h2>Summary</h2>", _table(header, gold_rows(report))]
+    compared = reward_comparison_rows(report)
+    if compared:
+        parts += [
+            "<h2>Paired comparisons of mean scores (same items)</h2>",
+            "<p>Difference of each scorer's mean per item, paired bootstrap [95% CI].</p>",
+            _table(["comparison", "scorer", "mode", "diff [95% CI]", "items"], compared, numeric_from=3),
+        ]
+    if report.get("side_by_side"):
+        parts += [
+            "<h2>Samples side by side</h2>",
+            "<p>Each checkpoint's first sample of the first items, with its scores.</p>",
+        ]
+        for item in report["side_by_side"]:
+            parts += [
+                f"<h3>#{escape(str(item['index']))} ({escape(str(item['mode']))})</h3>",
+                _pre(item["prompt"]),
+            ]
+            for who, entry in item["completions"].items():
+                scores = ", ".join(
+                    f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in entry["scores"].items()
+                )
+                parts += [f"<p><b>{escape(str(who))}</b> ({escape(scores)}):</p>", _pre(entry["text"])]
+    return parts
+
+
 def render_html(report: dict[str, Any]) -> str:
     summary = report["summary"]
     title = report.get("title") or f"{report.get('run')} / {report.get('stage')}"
@@ -213,40 +252,43 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h1>Eval: {escape(str(title))}</h1>",
         f"<p>{escape(settings_line(report))}</p>",
     ]
-    rows = []
-    for name, s in summary.items():
-        mode = "greedy" if "greedy_mean_tokens" in s else "sampled"
-        rows.append(
-            [
-                name,
-                pct_ci(s.get("greedy_accuracy"), s.get("greedy_accuracy_ci")),
-                pct_ci(s.get("sampled_pass1"), s.get("sampled_pass1_ci")),
-                pct_ci(s.get(f"{mode}_parse_failure_rate"), s.get(f"{mode}_parse_failure_rate_ci")),
-                pct_ci(s.get(f"{mode}_truncation_rate"), s.get(f"{mode}_truncation_rate_ci")),
-                f"{s.get(f'{mode}_mean_tokens', 0):.1f}",
-                num_ci(s.get("kl_to_base")),
-                num_ci(s.get("reference_nll"), 3),
-            ]
-        )
-    parts += [
-        "<h2>Summary</h2>",
-        _table(
-            [
-                "checkpoint",
-                "greedy acc % [95% CI]",
-                "sampled pass@1 % [95% CI]",
-                "parse failures %",
-                "truncated %",
-                "mean tokens",
-                "KL to base / token",
-                "reference NLL / token",
-            ],
-            rows,
-        ),
-    ]
-    for plot, alt in ((plot_accuracy(summary), "accuracy per checkpoint with 95% CI"),):
-        if plot:
-            parts.append(_img(plot, alt))
+    if "side_by_side" in report:  # no answers were checked: the gold scorer's means measure
+        parts += _gold_sections(report)
+    else:
+        rows = []
+        for name, s in summary.items():
+            mode = "greedy" if "greedy_mean_tokens" in s else "sampled"
+            rows.append(
+                [
+                    name,
+                    pct_ci(s.get("greedy_accuracy"), s.get("greedy_accuracy_ci")),
+                    pct_ci(s.get("sampled_pass1"), s.get("sampled_pass1_ci")),
+                    pct_ci(s.get(f"{mode}_parse_failure_rate"), s.get(f"{mode}_parse_failure_rate_ci")),
+                    pct_ci(s.get(f"{mode}_truncation_rate"), s.get(f"{mode}_truncation_rate_ci")),
+                    f"{s.get(f'{mode}_mean_tokens', 0):.1f}",
+                    num_ci(s.get("kl_to_base")),
+                    num_ci(s.get("reference_nll"), 3),
+                ]
+            )
+        parts += [
+            "<h2>Summary</h2>",
+            _table(
+                [
+                    "checkpoint",
+                    "greedy acc % [95% CI]",
+                    "sampled pass@1 % [95% CI]",
+                    "parse failures %",
+                    "truncated %",
+                    "mean tokens",
+                    "KL to base / token",
+                    "reference NLL / token",
+                ],
+                rows,
+            ),
+        ]
+        for plot, alt in ((plot_accuracy(summary), "accuracy per checkpoint with 95% CI"),):
+            if plot:
+                parts.append(_img(plot, alt))
     tables = split_tables(report)
     if tables:
         parts.append("<h2>Splits side by side</h2>")
