@@ -198,6 +198,9 @@ def test_a_second_ctrl_c_quits_at_once_without_a_checkpoint(tmp_path, tiny_model
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            # Ctrl-C as at a terminal: a shell starts background jobs (`make test &`) with SIGINT
+            # ignored, the child inherits that, and the second signal would then be ignored too.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         assert _wait_for((gate / "reached-0").exists, 180, proc), "the first step did not start in time"
