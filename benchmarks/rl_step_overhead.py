@@ -79,6 +79,21 @@ def trainer_settings(args: argparse.Namespace) -> dict:
     }
 
 
+def load_policy(args: argparse.Namespace):
+    """(tokenizer, model) of `--model` at `--dtype`, as both sides and the prompt filter load it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ntp_rl.models import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    return tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+
+
 def cpu_model() -> str:
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
@@ -151,20 +166,12 @@ def run_trl(args: argparse.Namespace, workdir: Path) -> list[dict]:
     from datasets import Dataset
     from ntp_rl.rewards import math_accuracy
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
-
-    from ntp_rl.models import resolve_model_path
 
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines()]
     for row in rows:
         row["prompt"] = [{"role": "user", "content": row["prompt"]}]
-    path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    tokenizer, model = load_policy(args)
     config = GRPOConfig(
         output_dir=str(workdir / "trl"),
         seed=SEED,
@@ -271,20 +278,13 @@ def filtered_rows(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
     import torch
     from datasets import Dataset
     from ntp_rl.rewards import math_accuracy
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig
 
     from ntp_rl.config import PromptFilterSettings
     from ntp_rl.data import to_prompt_format
-    from ntp_rl.models import resolve_model_path
     from ntp_rl.stages.rl import filter_prompts
 
-    path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    tokenizer, model = load_policy(args)
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), use_cpu=not torch.cuda.is_available(), **trainer_settings(args)
     )

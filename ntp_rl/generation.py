@@ -99,6 +99,14 @@ def merged_lora_weights(model):
                 module.merged_adapters.remove(adapter)
 
 
+def cache_keyword(model) -> str:
+    """The forward keyword a model takes its KV cache by (`cache` from transformers 5.2x, else the old name)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 @contextlib.contextmanager
 def shared_prompt_prefill(model):
     """`model.generate` computes each distinct prompt's keys and values once, for all its rows.
@@ -112,12 +120,9 @@ def shared_prompt_prefill(model):
     group. Calls with other tensor inputs (images), a cache of their own, or no repeated row run as
     they are.
     """
-    import inspect
-
     import torch
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache_kw = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    cache_kw = cache_keyword(model)
     original = model.generate
 
     def generate(*args, input_ids=None, attention_mask=None, **kwargs):

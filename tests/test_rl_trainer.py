@@ -256,7 +256,8 @@ def test_a_shared_prompt_gives_trl_log_probabilities_and_gradients(tiny_model_pa
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from ntp_rl.stages.rl_trainer import cache_keyword, shared_prefix_logps
+    from ntp_rl.generation import cache_keyword
+    from ntp_rl.stages.rl_trainer import shared_prefix_logps
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)

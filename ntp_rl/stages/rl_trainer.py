@@ -46,7 +46,7 @@ from typing import Any
 import torch
 import trl
 
-from ntp_rl.generation import merged_lora_weights, shared_prompt_prefill
+from ntp_rl.generation import cache_keyword, merged_lora_weights, shared_prompt_prefill
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +97,16 @@ def _per_row(inputs: dict[str, Any]) -> bool:
     return not {key for key, value in inputs.items() if value is not None} - PER_ROW_KEYS - SCALAR_KEYS
 
 
+def _is_row_tensor(key: str, value: Any) -> bool:
+    """A tensor with one entry per row (selected and concatenated by row); scalars are shared."""
+    return key not in SCALAR_KEYS and isinstance(value, torch.Tensor) and value.dim() > 0
+
+
 def _select(inputs: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
     """Rows `index` of a micro-batch, with the completion columns only dropped rows needed trimmed."""
     out: dict[str, Any] = {}
     for key, value in inputs.items():
-        if key in SCALAR_KEYS or not isinstance(value, torch.Tensor) or value.dim() == 0:
-            out[key] = value
-        else:
-            out[key] = value.index_select(0, index)
+        out[key] = value.index_select(0, index) if _is_row_tensor(key, value) else value
     width = inputs["completion_mask"].size(1)
     if index.numel():
         # Padding columns at the end that only dropped rows needed: the forward over the kept rows'
@@ -169,10 +171,7 @@ def repack(buffer: list[dict[str, Any]], normaliser: str) -> tuple[list[dict[str
     rows_per_batch = buffer[0]["advantages"].size(0)
     whole: dict[str, Any] = {}
     for key, value in buffer[0].items():
-        if key in SCALAR_KEYS or not isinstance(value, torch.Tensor) or value.dim() == 0:
-            whole[key] = value
-        else:
-            whole[key] = torch.cat([mb[key] for mb in buffer])
+        whole[key] = torch.cat([mb[key] for mb in buffer]) if _is_row_tensor(key, value) else value
     total = whole["advantages"].size(0)
     index = (~zero_advantage_rows(whole["advantages"])).nonzero().squeeze(1)
     if index.numel():
@@ -186,14 +185,6 @@ def repack(buffer: list[dict[str, Any]], normaliser: str) -> tuple[list[dict[str
         micro[LOSS_SCALE_KEY] = chunk.numel() / rows_per_batch if normaliser == "rows" else 1.0
         packed.append(micro)
     return packed, int(index.numel()), total
-
-
-def cache_keyword(model) -> str:
-    """The forward keyword a model takes its KV cache by (`cache` from transformers 5.2x, else the old name)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
 def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep, compute_entropy, cache_kw="cache"):
