@@ -153,3 +153,31 @@ def test_reward_model_learns_from_labelled_pairs_of_the_policy_alone(write_recip
     assert {r["prompt"][0]["content"] for r in records} <= {
         row["prompt"] for row in reviews.generate("test", 42)
     }
+
+
+def test_a_max_length_that_drops_every_labelled_pair_is_an_error_naming_it(write_recipe, tmp_path, capsys):
+    """TRL drops pairs longer than max_length; with none left the stage says which key, not TRL's sampler."""
+    recipe = {
+        "run": {"name": "short"},
+        "model": {"name_or_path": "tiny", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}},
+        "data": {"source": "synthetic:reviews", "max_train_examples": 8, "max_test_examples": 2},
+        "stages": [
+            {"kind": "sft", "eval_examples": 0, "trainer": {"max_steps": 1}},
+            {
+                "kind": "reward_model",
+                "eval_examples": 0,
+                "policy_pairs": {
+                    "policy": "sft",
+                    "gold": {"name": "review_warmth"},
+                    "prompts": 4,
+                    "samples": 2,
+                    "max_new_tokens": 4,
+                },
+                "trainer": {"max_steps": 1, "max_length": 8},  # shorter than any chat-templated prompt
+            },
+        ],
+    }
+    assert main(["train", str(write_recipe(recipe))]) == 2
+    err = capsys.readouterr().err
+    assert "stages[1].trainer.max_length=8" in err and "nothing to train on" in err
+    assert not (tmp_path / "runs" / "short" / "reward_model" / "COMPLETE").exists()

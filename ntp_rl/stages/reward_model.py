@@ -37,6 +37,7 @@ from typing import Any
 
 from ntp_rl.config import RewardModelStage, build_dataclass
 from ntp_rl.data import load_rows, to_prompt_format
+from ntp_rl.errors import UserError
 from ntp_rl.models import load_sequence_classifier, load_tokenizer
 from ntp_rl.preference_data import to_preference_format
 from ntp_rl.rewards.learned import score_conversations
@@ -169,8 +170,10 @@ class RewardModelRunner(StageRunner):
             gold = resolve_policy_gold(self.stage, self.index, self.train.column_names, self.recipe_dir)
             check_labeller(gold, self.stage, self.index, self.train)
         self.check_trainer_args(**REWARD_MODEL_DEFAULTS)
-        if "prompt" in self.train.column_names:  # a prompt alone must leave room for its responses
-            self.check_prompts_fit(self.train["prompt"], new_tokens=1)
+        if "prompt" in self.train.column_names:  # a prompt must leave room for its responses
+            settings = self.stage.policy_pairs  # type: ignore[attr-defined]
+            room = settings.max_new_tokens if settings is not None else 1  # the policy samples that long
+            self.check_prompts_fit(self.train["prompt"], new_tokens=room)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         return run_reward_model(ctx, self.train, self.held_out)
@@ -220,7 +223,27 @@ def run_reward_model(ctx: StageContext, train, held_out) -> dict[str, Any]:
         callbacks=callbacks,
     )
     batch_size, max_length = args.per_device_eval_batch_size, args.max_length
-    results: dict[str, Any] = {"train_rows": len(train), "init_base": base if stage.init_from else None}
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise UserError(
+            f"stages[{ctx.index}].trainer.max_length={max_length}: every one of the {len(train)} training "
+            "pairs (prompt and response, chat-templated) is longer, so there is nothing to train on; raise "
+            "max_length"
+        )
+    if kept < len(train):  # TRL drops pairs longer than max_length; say so rather than train on fewer
+        logger.warning(
+            "reward model: %d of %d training pairs are longer than %s.trainer.max_length=%s tokens and "
+            "were dropped; raise max_length to keep them",
+            len(train) - kept,
+            len(train),
+            f"stages[{ctx.index}]",
+            max_length,
+        )
+    results: dict[str, Any] = {
+        "train_rows": len(train),
+        "train_rows_within_max_length": kept,
+        "init_base": base if stage.init_from else None,
+    }
     if policy_stats is not None:
         results["policy_pairs"] = policy_stats
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
