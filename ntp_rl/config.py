@@ -295,6 +295,9 @@ class RewardModelStage(TrainingStage):
     # Add pairs of the policy's own samples, the better by a gold reward chosen (labellers comparing a
     # policy's outputs, as in RLHF); None = the data's pairs only.
     policy_pairs: PolicyPairsSettings | None = None
+    # Shuffle whole prompts (then the pairs within each) so that a prompt's pairs share batches and
+    # a response in several pairs is scored once per batch; false = TRL's pair-by-pair shuffle.
+    group_pairs_by_prompt: bool = True
 
 
 class ExtraSplit(StrictModel):
@@ -374,7 +377,7 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
 # it was never hashed there; a recipe that still sets it is refused as an unknown key.
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "eval": {"probes": None, "sampled_checkpoints": None, "extra_splits": []},
-    "reward_model": {"init_from": None, "policy_pairs": None, "seed": None},
+    "reward_model": {"init_from": None, "policy_pairs": None, "seed": None, "group_pairs_by_prompt": True},
     "sft": {"seed": None},
     "rl": {"seed": None, "eval_examples": 0, "skip_zero_advantage": True, "share_prompt_prefix": True},
 }

@@ -83,6 +83,7 @@ DESCRIPTIONS: dict[str, str] = {
     "stages[sft].eval_examples": "Held-out rows on which eval loss is measured before and after training (0 = skip).",
     "stages[reward_model].eval_examples": "Held-out pairs (test split) on which pairwise accuracy and margin are measured before and after training (0 = skip); with prompt-only data and `policy_pairs`, held-out prompts whose policy samples are paired and labelled by the gold without noise.",
     "stages[reward_model].init_from": "An earlier sft stage whose adapter is merged into the base first (`<stage>/init_base/`), so the reward model starts from the fine-tuned policy; null = the base.",
+    "stages[reward_model].group_pairs_by_prompt": "Shuffle whole prompts, then the pairs within each, so that a prompt's pairs share batches and a response in several of a batch's pairs is scored once; `false` = TRL's pair-by-pair shuffle (each distinct row of a batch is still scored once).",
     "stages[reward_model].policy_pairs": "Add pairs of an sft policy's own samples, labelled by a gold reward (with Bradley-Terry noise if `tau` or `disagreement` is set; prompt-only data: these pairs alone); null = the data's pairs only.",
     "stages[reward_model].policy_pairs.policy": "The earlier sft stage whose adapter is the policy sampled.",
     "stages[reward_model].policy_pairs.gold": "The labeller: the reward spec that ranks the samples (any reward spec); called on a few texts before any model loads.",

@@ -151,15 +151,21 @@ def score_conversations(
     batch_size: int = 16,
     max_length: int | None = None,
 ) -> list[float]:
-    """One score per conversation (chat template, right padding, score at the last non-pad token)."""
+    """One score per conversation (chat template, right padding, score at the last non-pad token).
+
+    A conversation that occurs more than once (a sample in several pairs) is scored once.
+    """
     import torch
 
-    ids = [
-        list(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])
+    tokenized = [
+        tuple(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])
         for c in conversations
     ]
     if max_length is not None:
-        ids = [x[-max_length:] for x in ids]
+        tokenized = [x[-max_length:] for x in tokenized]
+    distinct: dict[tuple, int] = {}
+    slots = [distinct.setdefault(x, len(distinct)) for x in tokenized]
+    ids = list(distinct)
     pad = model.config.pad_token_id
     device = next(model.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # length-sorted: little padding
@@ -183,7 +189,7 @@ def score_conversations(
                     scores[i] = float(logits[row, 0])
     finally:
         model.train(was_training)
-    return scores
+    return [scores[slot] for slot in slots]
 
 
 def group_centred(values: list[float], groups: list[Any], dead_zone: float = 0.0) -> list[float]:

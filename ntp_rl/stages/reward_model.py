@@ -25,6 +25,10 @@ alone, and its held-out pairs are the policy's samples on test prompts, labelled
 noise. Counts and the labels' realised disagreement with the gold go to the results (`policy_pairs`),
 the samples and their scores to `<stage>/policy_samples.jsonl` (a resumed stage reads them back
 instead of sampling again).
+
+The trainer is TRL's, subclassed (`ntp_rl/stages/reward_trainer.py`): a response that is in several
+pairs of a batch is scored once, and with `group_pairs_by_prompt` (the default) a prompt's pairs
+are shuffled into batches together so that this happens; TRL's loss and metrics are unchanged.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from ntp_rl.stages.policy_pairs import (
     resolve_policy_gold,
     sample_policy_pairs,
 )
+from ntp_rl.stages.reward_trainer import SharedResponseRewardTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +187,6 @@ class RewardModelRunner(StageRunner):
 def run_reward_model(ctx: StageContext, train, held_out) -> dict[str, Any]:
     from peft import LoraConfig
     from transformers import set_seed
-    from trl import RewardTrainer
 
     stage: RewardModelStage = ctx.stage  # type: ignore[assignment]
     policy_stats = None
@@ -214,7 +218,8 @@ def run_reward_model(ctx: StageContext, train, held_out) -> dict[str, Any]:
     )
 
     callbacks, stop = stage_callbacks(ctx)
-    trainer = RewardTrainer(
+    trainer = SharedResponseRewardTrainer(
+        group_pairs_by_prompt=stage.group_pairs_by_prompt,
         model=model,
         args=args,
         train_dataset=train,
