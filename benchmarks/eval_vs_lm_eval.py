@@ -114,8 +114,10 @@ def write_task(folder: Path, prompts: Path, max_new_tokens: int, temperature: fl
         "output_type": "generate_until",
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "{{answer}}",
+        # `until: []`: stop at EOS only, as ntp-rl does; without it lm-eval stops at its few-shot
+        # delimiter "\n\n", before the answer line of a worked solution (less work, a lower score).
         "generation_kwargs": {"max_gen_toks": max_new_tokens, "do_sample": temperature > 0,
-                              "temperature": temperature},
+                              "temperature": temperature, "until": []},
         "filter_list": [
             {"name": "answer_line", "filter": [{"function": "regex", "regex_pattern": ANSWER_REGEX},
                                                {"function": "take_first"}]}
