@@ -126,3 +126,16 @@ def test_a_report_without_verdicts_compares_mean_scores_and_shows_samples():
     )  # the gold's means, the paired comparison and the samples, not empty accuracy columns
     assert "review_warmth sampled [95% CI]" in html and "greedy acc %" not in html
     assert "+0.325" in html and "Samples side by side" in html and "<pre>g</pre>" in html
+
+
+def test_the_overoptimisation_recipe_shares_the_rlhf_recipe_s_sft_and_reward_model():
+    """Its header says so: only the rl stage (and the run name) differs, so the two runs compare."""
+    from ntp_rl.config import load_recipe
+
+    plain, overopt = (
+        load_recipe(REPO / "recipes" / name) for name in ("rlhf.yaml", "rlhf_overoptimisation.yaml")
+    )
+    assert plain.model == overopt.model and plain.data == overopt.data
+    for kind in ("sft", "reward_model"):
+        first, second = ([s for s in r.stages if s.kind == kind] for r in (plain, overopt))
+        assert first == second, kind
