@@ -14,8 +14,9 @@ prompt greedy; `--samples k` per prompt sampled):
 - the eval call after imports: ntp-rl's `run_suite` (its report's `timing.seconds`) and lm-eval's
   `simple_evaluate`, both including model load, data, generation, answer checks and metrics.
 Sides run alternately, `--repeats` times each; the summary takes the median. Accuracies are shown
-to check that both did the same work: their answer checks differ slightly (math-verify on the
-`Answer:` line vs. lm-eval's regex and exact string match).
+as a rough check only: the answer checks differ (ntp-rl's `math_accuracy` reads the `Answer:` line or,
+without one, lets math-verify find an answer in the reply's tail; the lm-eval task accepts only an
+`Answer: N` line), so a model that rarely writes that line scores lower on the lm-eval side.
 
 Run (from the repository root, with lm-eval installed into the venv only for this script,
 `pip install lm-eval`; it is not a dependency of ntp-rl). The target is a ratio ntp-rl / lm-eval >= 2:
@@ -115,7 +116,7 @@ def write_task(folder: Path, prompts: Path, max_new_tokens: int, temperature: fl
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "{{answer}}",
         # `until: []`: stop at EOS only, as ntp-rl does; without it lm-eval stops at its few-shot
-        # delimiter "\n\n", before the answer line of a worked solution (less work, a lower score).
+        # delimiter "\n\n" as well.
         "generation_kwargs": {"max_gen_toks": max_new_tokens, "do_sample": temperature > 0,
                               "temperature": temperature, "until": []},
         "filter_list": [
