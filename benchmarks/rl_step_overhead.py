@@ -80,18 +80,16 @@ def trainer_settings(args: argparse.Namespace) -> dict:
 
 
 def load_policy(args: argparse.Namespace):
-    """(tokenizer, model) of `--model` at `--dtype`, as both sides and the prompt filter load it."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(tokenizer, model) of `--model` at `--dtype` for the plain-TRL side and the prompt filter."""
+    from transformers import AutoModelForCausalLM
 
-    from ntp_rl.models import resolve_model_path
+    from ntp_rl.models import load_tokenizer, resolve_model_path, torch_dtype
 
     path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    # Plain transformers loading, not ntp_rl.models.load_causal_lm: the baseline is TRL as a user
+    # runs it, without ntp-rl's LM-head hook.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(args.dtype), use_safetensors=True)
+    return load_tokenizer(path), model
 
 
 def cpu_model() -> str:

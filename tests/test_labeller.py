@@ -112,31 +112,40 @@ def test_noise_settings_are_checked_and_left_out_of_the_hash_when_unset(tmp_path
     assert load_recipe(_recipe(tmp_path, "{policy: sft, tau: 0.1}")).config_hash() != plain.config_hash()
 
 
+def _labelled_run(name: str, train: int, test: int, reward_model: dict) -> dict:
+    """A tiny run on synthetic:reviews: one SFT step, then the given reward_model stage."""
+    return {
+        "run": {"name": name},
+        "model": {"name_or_path": "tiny", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}},
+        "data": {"source": "synthetic:reviews", "max_train_examples": train, "max_test_examples": test},
+        "stages": [
+            {"kind": "sft", "eval_examples": 0, "trainer": {"max_steps": 1}},
+            {"kind": "reward_model", **reward_model},
+        ],
+    }
+
+
 def test_reward_model_learns_from_labelled_pairs_of_the_policy_alone(write_recipe, tmp_path, tiny_model_path):
     """Prompt-only data: the pairs are the policy's samples, labelled with noise; held out, without."""
     length = str(REPO / "tests" / "plugins" / "length_reward.py") + ":completion_length"
-    recipe = {
-        "run": {"name": "labelled"},
-        "model": {"name_or_path": "tiny", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}},
-        "data": {"source": "synthetic:reviews", "max_train_examples": 12, "max_test_examples": 3},
-        "stages": [
-            {"kind": "sft", "eval_examples": 0, "trainer": {"max_steps": 1}},
-            {
-                "kind": "reward_model",
-                "eval_examples": 3,
-                "policy_pairs": {
-                    "policy": "sft",
-                    "gold": {"path": length},  # varies on a random model: the longer sample is better
-                    "prompts": 6,
-                    "samples": 3,
-                    "max_new_tokens": 6,
-                    "max_pairs_per_prompt": 2,
-                    "disagreement": 0.3,
-                },
-                "trainer": {"max_steps": 1, "per_device_train_batch_size": 4},
+    recipe = _labelled_run(
+        "labelled",
+        train=12,
+        test=3,
+        reward_model={
+            "eval_examples": 3,
+            "policy_pairs": {
+                "policy": "sft",
+                "gold": {"path": length},  # varies on a random model: the longer sample is better
+                "prompts": 6,
+                "samples": 3,
+                "max_new_tokens": 6,
+                "max_pairs_per_prompt": 2,
+                "disagreement": 0.3,
             },
-        ],
-    }
+            "trainer": {"max_steps": 1, "per_device_train_batch_size": 4},
+        },
+    )
     assert main(["train", str(write_recipe(recipe))]) == 0
     stage = tmp_path / "runs" / "labelled" / "reward_model"
     done = json.loads((stage / "COMPLETE").read_text())
@@ -157,26 +166,22 @@ def test_reward_model_learns_from_labelled_pairs_of_the_policy_alone(write_recip
 
 def test_a_max_length_that_drops_every_labelled_pair_is_an_error_naming_it(write_recipe, tmp_path, capsys):
     """TRL drops pairs longer than max_length; with none left the stage says which key, not TRL's sampler."""
-    recipe = {
-        "run": {"name": "short"},
-        "model": {"name_or_path": "tiny", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}},
-        "data": {"source": "synthetic:reviews", "max_train_examples": 8, "max_test_examples": 2},
-        "stages": [
-            {"kind": "sft", "eval_examples": 0, "trainer": {"max_steps": 1}},
-            {
-                "kind": "reward_model",
-                "eval_examples": 0,
-                "policy_pairs": {
-                    "policy": "sft",
-                    "gold": {"name": "review_warmth"},
-                    "prompts": 4,
-                    "samples": 2,
-                    "max_new_tokens": 4,
-                },
-                "trainer": {"max_steps": 1, "max_length": 8},  # shorter than any chat-templated prompt
+    recipe = _labelled_run(
+        "short",
+        train=8,
+        test=2,
+        reward_model={
+            "eval_examples": 0,
+            "policy_pairs": {
+                "policy": "sft",
+                "gold": {"name": "review_warmth"},
+                "prompts": 4,
+                "samples": 2,
+                "max_new_tokens": 4,
             },
-        ],
-    }
+            "trainer": {"max_steps": 1, "max_length": 8},  # shorter than any chat-templated prompt
+        },
+    )
     assert main(["train", str(write_recipe(recipe))]) == 2
     err = capsys.readouterr().err
     assert "stages[1].trainer.max_length=8" in err and "nothing to train on" in err

@@ -229,20 +229,19 @@ def run_reward_model(ctx: StageContext, train, held_out) -> dict[str, Any]:
     )
     batch_size, max_length = args.per_device_eval_batch_size, args.max_length
     kept = len(trainer.train_dataset)
+    where = f"stages[{ctx.index}].trainer.max_length={max_length}"
     if kept == 0:
         raise UserError(
-            f"stages[{ctx.index}].trainer.max_length={max_length}: every one of the {len(train)} training "
-            "pairs (prompt and response, chat-templated) is longer, so there is nothing to train on; raise "
-            "max_length"
+            f"{where}: every one of the {len(train)} training pairs (prompt and response, "
+            "chat-templated) is longer, so there is nothing to train on; raise max_length"
         )
     if kept < len(train):  # TRL drops pairs longer than max_length; say so rather than train on fewer
         logger.warning(
-            "reward model: %d of %d training pairs are longer than %s.trainer.max_length=%s tokens and "
-            "were dropped; raise max_length to keep them",
+            "reward model: %d of %d training pairs are longer than %s tokens and were dropped; raise "
+            "max_length to keep them",
             len(train) - kept,
             len(train),
-            f"stages[{ctx.index}]",
-            max_length,
+            where,
         )
     results: dict[str, Any] = {
         "train_rows": len(train),
