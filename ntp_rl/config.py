@@ -346,6 +346,10 @@ class EvalStage(StageBase):
     # Checkpoints ("base" or stage names) that also get the sampled decoding; default: every one.
     # Greedy still runs for all. E.g. [sft, rl] skips the base's samples, often the longest ones.
     sampled_checkpoints: list[str] | None = None
+    # Stages the other evaluated stages are also measured against: KL(stage || that one) per token on
+    # the stage's own samples, beside the KL to the base. E.g. [sft]: how far RL moved from the SFT
+    # policy, the KL that the rl stage's `beta` penalises (reported as kl_to_sft).
+    kl_to: list[str] = Field(default_factory=list)
     # Instruments beyond next-token prediction (ntp_rl/probe_settings.py), e.g.
     # {future: {k: 3}, answer: true, rhyme: true, credit: {texts: 8}} or `true` for all; off when null.
     probes: ProbeSettings | None = None
@@ -376,7 +380,7 @@ STAGE_CLASSES: dict[str, type[StageBase]] = {
 # (rl `positive_advantage_weight`, default 1) leaves the hash of runs made at its default unchanged:
 # it was never hashed there; a recipe that still sets it is refused as an unknown key.
 ADDED_LATER: dict[str, dict[str, Any]] = {
-    "eval": {"probes": None, "sampled_checkpoints": None, "extra_splits": []},
+    "eval": {"probes": None, "sampled_checkpoints": None, "extra_splits": [], "kl_to": []},
     "reward_model": {"init_from": None, "policy_pairs": None, "seed": None, "group_pairs_by_prompt": True},
     "sft": {"seed": None},
     "rl": {"seed": None, "eval_examples": 0, "skip_zero_advantage": True, "share_prompt_prefix": True},

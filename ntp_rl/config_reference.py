@@ -130,6 +130,7 @@ DESCRIPTIONS: dict[str, str] = {
     "stages[eval].seed": "Decoding seed, the same for every checkpoint.",
     "stages[eval].checkpoints": "Stages evaluated beside the base; null = every earlier sft and rl stage.",
     "stages[eval].sampled_checkpoints": "Checkpoints (`base` or stage names) that also get the sampled decoding; null = all. Greedy runs for all.",
+    "stages[eval].kl_to": "Stages the other evaluated stages are also measured against: KL per token on their own samples (e.g. `[sft]`: how far RL moved from the SFT policy), beside the KL to the base.",
     "stages[eval].probes": 'The "Beyond next-token prediction" instruments (docs/probes.md): a mapping of the ones to run, `true` for all at their defaults, null or `false` for none. In the mapping, `true` runs one at its defaults.',
     "stages[eval].probes.future": "Linear probes from the hidden state at t to the token at t+k.",
     "stages[eval].probes.future.k": "Farthest token ahead read (k = 1..`k`).",

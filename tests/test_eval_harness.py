@@ -413,3 +413,57 @@ def test_generation_from_the_merged_adapter_matches_the_unmerged_one(run, tmp_pa
         main([*argv, *SUITE_OVERRIDES, "generation.merge_adapters=false", "--out", str(tmp_path / "u")]) == 0
     )
     assert _load(tmp_path / "u")["generation"]["merge_adapters"] is False
+
+
+def test_kl_to_a_checkpoint_measures_against_that_adapter(run, tmp_path):
+    """kl_to=[sft]: an identical copy of sft's adapter is 0 from it; a scaled one is not, and differs
+    from its KL to the base; the reports get a column per reference."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    same = tmp_path / "same"
+    shutil.copytree(run / "sft" / "adapter", same)
+    scaled = tmp_path / "scaled"
+    shutil.copytree(run / "sft" / "adapter", scaled)
+    weights = load_file(scaled / "adapter_model.safetensors")
+    save_file(
+        {k: (3 * t if "lora_B" in k else t).contiguous() for k, t in weights.items()},
+        str(scaled / "adapter_model.safetensors"),
+    )
+    argv = ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny"]
+    models = ["--model", f"sft={run / 'sft'}", "--model", f"same={same}", "--model", f"scaled={scaled}"]
+    out = tmp_path / "kl"
+    assert main([*argv, *models, *SUITE_OVERRIDES, "kl_to=[sft]", "--out", str(out)]) == 0
+    summary = _load(out)["summary"]
+    assert "kl_to_sft" not in summary["sft"] and "kl_to_sft" not in summary["base"]
+    assert summary["same"]["kl_to_sft"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["same"]["kl_to_base"]["value"] == pytest.approx(summary["sft"]["kl_to_base"]["value"])
+    assert summary["scaled"]["kl_to_sft"]["value"] > 1e-4
+    assert summary["scaled"]["kl_to_sft"]["value"] != pytest.approx(summary["scaled"]["kl_to_base"]["value"])
+    assert summary["scaled"]["kl_to_sft"]["num_tokens"] == summary["scaled"]["kl_to_base"]["num_tokens"]
+    assert torch.isfinite(torch.tensor(summary["scaled"]["kl_to_sft"]["ci"])).all()
+    text = (out / "report.md").read_text()
+    assert "KL to base /token | KL to sft /token" in text
+    assert "KL to sft / token" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[base]", "'base' is measured by `kl_to_base`"),
+        ("[rl]", "kl_to: 'rl' is not a checkpoint of this eval (['base', 'sft'])"),
+    ],
+)
+def test_kl_to_naming_the_base_or_an_unknown_checkpoint_exits_2(run, tmp_path, capsys, value, message):
+    argv = [
+        "eval",
+        "--suite",
+        "eval/arithmetic.yaml",
+        "--model",
+        "base=tiny",
+        "--model",
+        f"sft={run / 'sft'}",
+    ]
+    assert main([*argv, *SUITE_OVERRIDES, f"kl_to={value}", "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x" / "report.json").exists()

@@ -51,6 +51,10 @@ def test_rlhf_recipe_smoke(tmp_path, tiny_model_path):
     assert "review_warmth" in report["reward_comparisons"]["rl vs sft"]
     assert report["side_by_side"] and set(report["side_by_side"][0]["completions"]) == {"sft", "rl"}
     assert "kl_to_base" in report["summary"]["rl"] and "sampled" in report["summary"]["rl"]["lengths"]
+    assert (
+        report["summary"]["rl"]["kl_to_sft"]["num_tokens"] > 0 and "kl_to_sft" not in report["summary"]["sft"]
+    )
+    assert _complete(run, "eval")["rl/kl_to_sft"] == report["summary"]["rl"]["kl_to_sft"]["value"]
     text = (run / "eval" / "report.md").read_text()
     assert "review_warmth sampled [95% CI]" in text and "## Samples side by side" in text
 

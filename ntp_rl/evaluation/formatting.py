@@ -112,9 +112,29 @@ def ranking_agreement_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def kl_references(report: dict[str, Any]) -> list[str]:
+    """The checkpoints besides the base that KL was measured to (`kl_to`), in the order first seen."""
+    refs: list[str] = []
+    for s in report["summary"].values():
+        for key in s:
+            ref = key.removeprefix("kl_to_")
+            if key.startswith("kl_to_") and ref != "base" and ref not in refs:
+                refs.append(ref)
+    return refs
+
+
+def kl_cells(report: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """A checkpoint's KL to the base, then to each `kl_references` checkpoint ("-" where not measured)."""
+    return [num_ci(s.get("kl_to_base"))] + [num_ci(s.get(f"kl_to_{ref}")) for ref in kl_references(report)]
+
+
+def kl_headers(report: dict[str, Any], per: str = " /token") -> list[str]:
+    return [f"KL to {ref}{per}" for ref in ["base", *kl_references(report)]]
+
+
 def gold_rows(report: dict[str, Any]) -> list[list[str]]:
     """[checkpoint, gold mean greedy [CI], gold mean sampled [CI], truncated %, mean tokens, KL to base,
-    reference NLL] rows: the top table of a report without verdicts, measured by its `gold_scorer`."""
+    KL to each `kl_to` checkpoint, reference NLL] rows: the top table of a report without verdicts, measured by its `gold_scorer`."""
     gold = report.get("gold_scorer")
     rows = []
     for name, s in report["summary"].items():
@@ -127,7 +147,7 @@ def gold_rows(report: dict[str, Any]) -> list[list[str]]:
                 num_ci((rewards.get("sampled") or {}).get(gold), 3),
                 pct_ci(s.get(f"{mode}_truncation_rate"), s.get(f"{mode}_truncation_rate_ci")),
                 f"{s.get(f'{mode}_mean_tokens', 0):.1f} ({mode})",
-                num_ci(s.get("kl_to_base")),
+                *kl_cells(report, s),
                 num_ci(s.get("reference_nll"), 3),
             ]
         )

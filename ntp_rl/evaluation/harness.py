@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ntp_rl.checkpoints import Checkpoint, LoadedGroup, group_by_base, reference_label
+from ntp_rl.checkpoints import BASE, Checkpoint, LoadedGroup, group_by_base, reference_label
 from ntp_rl.common import package_versions, utc_now
 from ntp_rl.dtypes import describe_choice, dtype_choice
 from ntp_rl.errors import UserError
@@ -40,7 +40,7 @@ from ntp_rl.evaluation.report import (
     prompt_hashes,
     write_report,
 )
-from ntp_rl.evaluation.suite import EvalSuite, ExtraSplit
+from ntp_rl.evaluation.suite import EvalSuite, ExtraSplit, KlSettings
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,47 @@ def _versions() -> dict[str, str]:
     return package_versions("evaluate", "numpy")
 
 
+def check_kl_to(suite: EvalSuite, checkpoints: Sequence[Checkpoint]) -> None:
+    """`kl_to` names adapter checkpoints of this eval (refused before any model loads otherwise)."""
+    by_label = {c.label: c for c in checkpoints}
+    for ref in suite.kl_to:
+        checkpoint = by_label.get(ref)
+        if checkpoint is None:
+            raise UserError(f"kl_to: {ref!r} is not a checkpoint of this eval ({list(by_label)})")
+        if checkpoint.adapter is None:
+            raise UserError(
+                f"kl_to: {ref!r} is a plain model, not an adapter; KL to a base model is `kl_to_base`"
+            )
+
+
+def _kl_measure(suite, group, checkpoint, reference, results, prompt_ids, pad_id) -> dict[str, Any]:
+    """Per-token KL(checkpoint || reference) on the checkpoint's own completions, grouped per item.
+
+    The sampled completions when there are any (the distribution the checkpoint samples from), else
+    the greedy ones; the first `max_examples` items, `samples_per_item` completions each.
+    """
+    from ntp_rl.evaluation.logprobs import per_token_kl
+
+    subset = suite.kl_to_base or KlSettings()
+    mode = "sampled" if "sampled" in results else "greedy"
+    kl_items = subset.max_examples or len(prompt_ids)
+    per_item = [item[: subset.samples_per_item] for item in results[mode]["token_ids"][:kl_items]]
+    pairs = [(prompt_ids[i], ids) for i, item in enumerate(per_item) for ids in item]
+    kl = per_token_kl(
+        group.model,
+        pairs,
+        policy=functools.partial(group.active, checkpoint),
+        reference=reference,
+        pad_id=pad_id,
+        batch_size=suite.score_batch_size,
+    )
+    grouped, start = [], 0
+    for item in per_item:
+        grouped.append([v for values in kl[start : start + len(item)] for v in values])
+        start += len(item)
+    return {"values": grouped, "on": f"{mode} completions (up to {subset.samples_per_item} per item)"}
+
+
 def run_suite(
     suite: EvalSuite,
     checkpoints: Sequence[Checkpoint],
@@ -237,7 +278,7 @@ def run_suite(
     import torch
     from tqdm.auto import tqdm
 
-    from ntp_rl.evaluation.logprobs import encode_reference, per_token_kl, per_token_nll
+    from ntp_rl.evaluation.logprobs import encode_reference, per_token_nll
     from ntp_rl.generation import encode_prompts, generate
 
     started = time.time()
@@ -268,6 +309,8 @@ def run_suite(
         raise UserError(
             f"generation.sampled_checkpoints: {unknown} are not checkpoints of this eval ({labels})"
         )
+
+    check_kl_to(suite, checkpoints)
 
     def wanted(label: str, mode: str) -> bool:
         return mode != "sampled" or sampled is None or label in sampled
@@ -329,31 +372,24 @@ def run_suite(
                     "values": nll,
                     "on": suite.reference_nll.column,
                 }
-            if suite.kl_to_base is not None and checkpoint.adapter is not None:
-                # On the checkpoint's own completions: the sampled ones when there are any.
-                mode = "sampled" if "sampled" in results[checkpoint.label] else "greedy"
-                kl_items = suite.kl_to_base.max_examples or len(prompts)
-                per_item = [
-                    item[: suite.kl_to_base.samples_per_item]
-                    for item in results[checkpoint.label][mode]["token_ids"][:kl_items]
+            if checkpoint.adapter is not None:
+                kl_targets = [] if suite.kl_to_base is None else [(BASE, group.as_base)]
+                kl_targets += [
+                    (ref, functools.partial(group.active, member))
+                    for ref in suite.kl_to
+                    for member in members
+                    if member.label == ref and ref != checkpoint.label
                 ]
-                pairs = [(prompt_ids[i], ids) for i, item in enumerate(per_item) for ids in item]
-                kl = per_token_kl(
-                    group.model,
-                    pairs,
-                    policy=functools.partial(group.active, checkpoint),
-                    reference=group.as_base,
-                    pad_id=pad_id,
-                    batch_size=suite.score_batch_size,
-                )
-                grouped, start = [], 0
-                for item in per_item:
-                    grouped.append([v for values in kl[start : start + len(item)] for v in values])
-                    start += len(item)
-                measures[checkpoint.label]["kl_to_base"] = {
-                    "values": grouped,
-                    "on": f"{mode} completions (up to {suite.kl_to_base.samples_per_item} per item)",
-                }
+                for ref, reference in kl_targets:
+                    measures[checkpoint.label][f"kl_to_{ref}"] = _kl_measure(
+                        suite,
+                        group,
+                        checkpoint,
+                        reference,
+                        results[checkpoint.label],
+                        prompt_ids,
+                        pad_id,
+                    )
             if probe_inputs is not None:
                 with group.active(checkpoint) as model:
                     probe_results[checkpoint.label] = probe_checkpoint(

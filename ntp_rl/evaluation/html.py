@@ -18,6 +18,8 @@ from typing import Any
 
 from ntp_rl.evaluation.formatting import (
     gold_rows,
+    kl_cells,
+    kl_headers,
     num_ci,
     pct_ci,
     ranking_agreement_rows,
@@ -215,7 +217,7 @@ def _gold_sections(report: dict[str, Any]) -> list[str]:
     """Summary, paired comparisons of scorer means and samples side by side, for a report without verdicts."""
     gold = report.get("gold_scorer") or "-"
     header = ["checkpoint", f"{gold} greedy [95% CI]", f"{gold} sampled [95% CI]", "truncated %"]
-    header += ["mean tokens", "KL to base / token", "reference NLL / token"]
+    header += ["mean tokens", *kl_headers(report, " / token"), "reference NLL / token"]
     parts = ["<h2>Summary</h2>", _table(header, gold_rows(report))]
     compared = reward_comparison_rows(report)
     if compared:
@@ -266,7 +268,7 @@ def render_html(report: dict[str, Any]) -> str:
                     pct_ci(s.get(f"{mode}_parse_failure_rate"), s.get(f"{mode}_parse_failure_rate_ci")),
                     pct_ci(s.get(f"{mode}_truncation_rate"), s.get(f"{mode}_truncation_rate_ci")),
                     f"{s.get(f'{mode}_mean_tokens', 0):.1f}",
-                    num_ci(s.get("kl_to_base")),
+                    *kl_cells(report, s),
                     num_ci(s.get("reference_nll"), 3),
                 ]
             )
@@ -280,7 +282,7 @@ def render_html(report: dict[str, Any]) -> str:
                     "parse failures %",
                     "truncated %",
                     "mean tokens",
-                    "KL to base / token",
+                    *kl_headers(report, " / token"),
                     "reference NLL / token",
                 ],
                 rows,

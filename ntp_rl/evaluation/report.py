@@ -24,6 +24,8 @@ from ntp_rl.errors import UserError
 from ntp_rl.evaluation.formatting import (
     comparison_row,
     gold_rows,
+    kl_cells,
+    kl_headers,
     md_cell,
     num_ci,
     pct,
@@ -308,7 +310,7 @@ def _gold_markdown(report: dict[str, Any]) -> list[str]:
     """The top table of a report without verdicts: each checkpoint's mean gold score."""
     gold = report.get("gold_scorer") or "-"
     header = ["checkpoint", f"{gold} greedy [95% CI]", f"{gold} sampled [95% CI]", "truncated %"]
-    header += ["mean tokens", "KL to base /token", "reference NLL /token"]
+    header += ["mean tokens", *kl_headers(report), "reference NLL /token"]
     return _md_table(header, gold_rows(report))
 
 
@@ -342,8 +344,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if not verdicts
         else [
             "| checkpoint | greedy acc % [95% CI] | sampled pass@1 % [95% CI] | parse fail % (greedy) | "
-            "truncated % | mean tokens | KL to base /token | reference NLL /token |",
-            "|---|---|---|---|---|---|---|---|",
+            "truncated % | mean tokens | " + " | ".join(kl_headers(report)) + " | reference NLL /token |",
+            "|---|---|---|---|---|---|" + "---|" * len(kl_headers(report)) + "---|",
         ]
     )
     for name, s in report["summary"].items() if verdicts else ():
@@ -356,7 +358,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {md_cell(name)} | {pct_ci(s.get('greedy_accuracy'), s.get('greedy_accuracy_ci'))} "
             f"| {pct_ci(s.get('sampled_pass1'), s.get('sampled_pass1_ci'))} | {failed} "
             f"| {pct_ci(s.get(f'{mode}_truncation_rate'), s.get(f'{mode}_truncation_rate_ci'))} "
-            f"| {s.get(f'{mode}_mean_tokens', 0):.1f} | {num_ci(s.get('kl_to_base'))} "
+            f"| {s.get(f'{mode}_mean_tokens', 0):.1f} | {' | '.join(kl_cells(report, s))} "
             f"| {num_ci(s.get('reference_nll'), 3)} |"
         )
     tables = split_tables(report)

@@ -147,6 +147,11 @@ class EvalSuite(StrictModel):
     # KL(checkpoint || its base with adapters disabled), per token, on the checkpoint's completions
     # (`true` = the defaults, `null` or `false` = skip).
     kl_to_base: KlSettings | None = Field(default_factory=KlSettings)
+    # Checkpoints (labels) that the other adapter checkpoints on the same base are also measured
+    # against: KL(checkpoint || that one) per token on the checkpoint's own completions, on the
+    # subset `kl_to_base` sets (its defaults when it is off). E.g. [sft]: how far RL moved from the
+    # SFT policy it started from, the KL that RLHF's penalty holds down (reported as `kl_to_sft`).
+    kl_to: list[str] = Field(default_factory=list)
     reference_nll: ReferenceNllSettings | None = Field(default_factory=ReferenceNllSettings)
     # Sequences per forward pass for KL and NLL (the logits over the vocabulary dominate memory).
     score_batch_size: int = Field(8, gt=0)
@@ -160,6 +165,15 @@ class EvalSuite(StrictModel):
     @classmethod
     def _false_is_off(cls, value: Any) -> Any:
         return None if value is False else value
+
+    @field_validator("kl_to")
+    @classmethod
+    def _kl_to_checkpoints(cls, value: list[str]) -> list[str]:
+        if "base" in value:
+            raise ValueError("'base' is measured by `kl_to_base`; list only adapter checkpoints here")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value}: a checkpoint is listed twice")
+        return value
 
     @field_validator("extra_splits")
     @classmethod

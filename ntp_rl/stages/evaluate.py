@@ -55,6 +55,7 @@ _STAGE_TO_SUITE = {
             "sampled_checkpoints",
         )
     },
+    "kl_to": ("kl_to",),
 }
 
 
@@ -74,6 +75,12 @@ def evaluated_stages(recipe: Recipe, stage: EvalStage, index: int) -> list[str]:
     if unknown:
         raise UserError(
             f"stages[{index}].sampled_checkpoints: {unknown} are not checkpoints this stage evaluates ({labels})"
+        )
+    unknown = [name for name in stage.kl_to if name not in wanted]
+    if unknown:
+        raise UserError(
+            f"stages[{index}].kl_to: {unknown} are not training stages this stage evaluates ({wanted}); "
+            "the KL to the base is always reported"
         )
     return wanted
 
@@ -179,6 +186,7 @@ def stage_suite(
         answer_check="math" if "answer" in columns else "none",
         metrics=default_metrics() if "answer" in columns else [],
         reference_nll=reference,
+        kl_to=stage.kl_to,
         probes=stage.probes,
     )
     return suite, None
@@ -276,6 +284,14 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
                 if key in ("greedy_accuracy", "sampled_pass1")
             }
         )
+    headline.update(  # KL per token to the base and to each `kl_to` stage
+        {
+            f"{name}/{key}": s[key]["value"]
+            for name, s in report["summary"].items()
+            for key in s
+            if key.startswith("kl_to_") and isinstance(s[key], dict) and "value" in s[key]
+        }
+    )
     gold = report.get("gold_scorer")
     if gold is not None:  # the gold's mean per checkpoint and mode
         headline.update(

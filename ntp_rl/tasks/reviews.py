@@ -15,8 +15,9 @@ The gold preference of this task is the warmth of the reply (`rewards/warmth.py`
 targets do not maximise: RLHF has room to raise it, and a reward model has something to learn.
 Whether a row is in "train" or "test" is a hash of its product, so a test prompt names a product no
 training prompt names (its kind is seen in training, under other brands). The catalogue is fixed
-(16 kinds x 5 brands x 12 phrasings), so a split's size is set with `data.max_train_examples` /
-`data.max_test_examples`. Rows are a pure function of the arguments.
+(16 kinds x 5 brands x 12 phrasings, plus one brand per kind only ever held out), so a split's size
+is set with `data.max_train_examples` / `data.max_test_examples`: "train" has 64 products (768
+prompts), "test" 32 (384 prompts). Rows are a pure function of the arguments.
 """
 
 from __future__ import annotations
@@ -152,6 +153,29 @@ FEATURE_WORDS = {
 SENTIMENTS = ("positive", "negative", "neutral", "mixed")
 
 
+# One more brand per kind, always in "test": a paired comparison of checkpoints needs a few hundred
+# held-out prompts, and the hashed test share alone gives 192; adding brands to KINDS instead would
+# move training products too.
+HELDOUT_BRANDS: dict[str, str] = {
+    "lamp": "Corvell",
+    "kettle": "Marlowe",
+    "backpack": "Tundra",
+    "headphones": "Auralis",
+    "blender": "Whirlton",
+    "umbrella": "Canopeo",
+    "notebook": "Ledgerly",
+    "bottle": "Aquilo",
+    "chair": "Sitka",
+    "toaster": "Brannock",
+    "keyboard": "Keyforge",
+    "tent": "Highpeak",
+    "mug": "Portola",
+    "shoes": "Sprintra",
+    "speaker": "Sonique",
+    "pillow": "Lullen",
+}
+
+
 def _product_split(product: str) -> str:
     # hashlib, not hash(): Python salts str hashes per process, and the split must never move.
     bucket = int.from_bytes(hashlib.sha256(f"reviews/{product}".encode()).digest()[:8], "big") % 1000
@@ -168,6 +192,11 @@ def products(split: str) -> list[tuple[str, str, str, tuple[str, ...]]]:
             product = f"{brand} {noun}"
             if _product_split(product) == split:
                 out.append((product, kind, noun, features))
+    if split == "test":
+        out += [
+            (f"{HELDOUT_BRANDS[kind]} {noun}", kind, noun, features)
+            for kind, (noun, _, features) in KINDS.items()
+        ]
     return out
 
 
