@@ -55,18 +55,23 @@ def reports(run, tmp_path_factory) -> list[Path]:
     out = tmp_path_factory.mktemp("eval-reports")
     folders = []
     for name in ("a", "b"):
-        argv = [
-            "eval",
-            "--suite",
-            "eval/arithmetic.yaml",
-            "--model",
-            "base=tiny",
-            "--model",
-            f"sft={run / 'sft'}",
-        ]
+        argv = _eval_argv(run)
         assert main([*argv, *SUITE_OVERRIDES, "--out", str(out / name)]) == 0
         folders.append(out / name)
     return folders
+
+
+def _eval_argv(run: Path) -> list[str]:
+    """`ntp-rl eval` of the arithmetic suite on the base (tiny) and the run's SFT adapter."""
+    return [
+        "eval",
+        "--suite",
+        "eval/arithmetic.yaml",
+        "--model",
+        "base=tiny",
+        "--model",
+        f"sft={run / 'sft'}",
+    ]
 
 
 def _load(folder: Path) -> dict:
@@ -165,15 +170,7 @@ def test_extra_split_is_reported_beside_the_main_one(run, reports):
 
 
 def test_an_extra_split_leaves_the_main_split_unchanged(run, reports, tmp_path):
-    argv = [
-        "eval",
-        "--suite",
-        "eval/arithmetic.yaml",
-        "--model",
-        "base=tiny",
-        "--model",
-        f"sft={run / 'sft'}",
-    ]
+    argv = _eval_argv(run)
     out = tmp_path / "main-only"
     assert main([*argv, *SUITE_OVERRIDES, "extra_splits=[]", "--out", str(out)]) == 0
     alone, beside = _load(out), _load(reports[0])
@@ -348,15 +345,7 @@ def test_checkpoints_share_one_base_and_find_it(run, tiny_model_path, tmp_path):
 
 
 def test_sampled_checkpoints_skips_the_others_samples_and_their_sampled_comparisons(run, tmp_path):
-    argv = [
-        "eval",
-        "--suite",
-        "eval/arithmetic.yaml",
-        "--model",
-        "base=tiny",
-        "--model",
-        f"sft={run / 'sft'}",
-    ]
+    argv = _eval_argv(run)
     out = tmp_path / "only-sft"
     assert main([*argv, *SUITE_OVERRIDES, "generation.sampled_checkpoints=[sft]", "--out", str(out)]) == 0
     report = _load(out)
@@ -400,15 +389,7 @@ def test_generation_from_the_merged_adapter_matches_the_unmerged_one(run, tmp_pa
     assert (unmerged - plain).abs().max() > 1e-2  # the adapter matters: this is not a vacuous match
     assert torch.equal(again, unmerged)
 
-    argv = [
-        "eval",
-        "--suite",
-        "eval/arithmetic.yaml",
-        "--model",
-        "base=tiny",
-        "--model",
-        f"sft={run / 'sft'}",
-    ]
+    argv = _eval_argv(run)
     assert (
         main([*argv, *SUITE_OVERRIDES, "generation.merge_adapters=false", "--out", str(tmp_path / "u")]) == 0
     )
@@ -430,10 +411,9 @@ def test_kl_to_a_checkpoint_measures_against_that_adapter(run, tmp_path):
         {k: (3 * t if "lora_B" in k else t).contiguous() for k, t in weights.items()},
         str(scaled / "adapter_model.safetensors"),
     )
-    argv = ["eval", "--suite", "eval/arithmetic.yaml", "--model", "base=tiny"]
-    models = ["--model", f"sft={run / 'sft'}", "--model", f"same={same}", "--model", f"scaled={scaled}"]
+    models = ["--model", f"same={same}", "--model", f"scaled={scaled}"]
     out = tmp_path / "kl"
-    assert main([*argv, *models, *SUITE_OVERRIDES, "kl_to=[sft]", "--out", str(out)]) == 0
+    assert main([*_eval_argv(run), *models, *SUITE_OVERRIDES, "kl_to=[sft]", "--out", str(out)]) == 0
     summary = _load(out)["summary"]
     assert "kl_to_sft" not in summary["sft"] and "kl_to_sft" not in summary["base"]
     assert summary["same"]["kl_to_sft"]["value"] == pytest.approx(0.0, abs=1e-6)
@@ -455,15 +435,7 @@ def test_kl_to_a_checkpoint_measures_against_that_adapter(run, tmp_path):
     ],
 )
 def test_kl_to_naming_the_base_or_an_unknown_checkpoint_exits_2(run, tmp_path, capsys, value, message):
-    argv = [
-        "eval",
-        "--suite",
-        "eval/arithmetic.yaml",
-        "--model",
-        "base=tiny",
-        "--model",
-        f"sft={run / 'sft'}",
-    ]
+    argv = _eval_argv(run)
     assert main([*argv, *SUITE_OVERRIDES, f"kl_to={value}", "--out", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x" / "report.json").exists()
