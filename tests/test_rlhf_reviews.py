@@ -132,14 +132,22 @@ def test_a_report_without_verdicts_compares_mean_scores_and_shows_samples():
     assert "+0.325" in html and "Samples side by side" in html and "<pre>g</pre>" in html
 
 
-def test_the_overoptimisation_recipe_shares_the_rlhf_recipe_s_sft_and_reward_model():
-    """Its header says so: only the rl stage (and the run name) differs, so the two runs compare."""
+def test_the_overoptimisation_recipe_shares_the_rlhf_recipe_s_sft_and_labeller():
+    """Its header says so: the same SFT and the same labeller (gold, noise, sampling), fewer labelled
+    pairs, so that the two runs differ in the reward model's strength and the rl stage only."""
     from ntp_rl.config import load_recipe
 
     plain, overopt = (
         load_recipe(REPO / "recipes" / name) for name in ("rlhf.yaml", "rlhf_overoptimisation.yaml")
     )
     assert plain.model == overopt.model and plain.data == overopt.data
-    for kind in ("sft", "reward_model"):
-        first, second = ([s for s in r.stages if s.kind == kind] for r in (plain, overopt))
-        assert first == second, kind
+    (sft_a,), (sft_b,) = ([s for s in r.stages if s.kind == "sft"] for r in (plain, overopt))
+    assert sft_a == sft_b
+    (rm_a,), (rm_b,) = ([s for s in r.stages if s.kind == "reward_model"] for r in (plain, overopt))
+    same = ("policy", "gold", "disagreement", "samples", "temperature", "max_new_tokens")
+    assert {k: getattr(rm_a.policy_pairs, k) for k in same} == {
+        k: getattr(rm_b.policy_pairs, k) for k in same
+    }
+    weak, strong = (p.policy_pairs.prompts * p.policy_pairs.max_pairs_per_prompt for p in (rm_b, rm_a))
+    assert weak < strong / 4, (weak, strong)
+    assert rm_a.eval_examples == rm_b.eval_examples  # held-out accuracy on the same prompts
