@@ -141,9 +141,13 @@ def test_the_overoptimisation_recipe_shares_the_rlhf_recipe_s_sft_and_labeller()
         load_recipe(REPO / "recipes" / name) for name in ("rlhf.yaml", "rlhf_overoptimisation.yaml")
     )
     assert plain.model == overopt.model and plain.data == overopt.data
-    (sft_a,), (sft_b,) = ([s for s in r.stages if s.kind == "sft"] for r in (plain, overopt))
+
+    def by_kind(kind):  # each recipe's one stage of that kind
+        return ([s for s in r.stages if s.kind == kind] for r in (plain, overopt))
+
+    (sft_a,), (sft_b,) = by_kind("sft")
     assert sft_a == sft_b
-    (rm_a,), (rm_b,) = ([s for s in r.stages if s.kind == "reward_model"] for r in (plain, overopt))
+    (rm_a,), (rm_b,) = by_kind("reward_model")
     same = ("policy", "gold", "disagreement", "samples", "temperature", "max_new_tokens")
     assert {k: getattr(rm_a.policy_pairs, k) for k in same} == {
         k: getattr(rm_b.policy_pairs, k) for k in same
