@@ -48,7 +48,10 @@ def test_rl_step_profile_tiny(tmp_path, tiny_model_path):
         [sys.executable, str(PROFILE), "--model", "tiny", "--steps", "1", "--warmup-steps", "0"]
         # The tiny model's completions all score 0: ntp-rl's trainer would skip their forward and
         # backward, which this test wants timed.
-        + ["--json", str(out), "stages.rl.skip_zero_advantage=false"],
+        + ["--json", str(out), "stages.rl.skip_zero_advantage=false"]
+        # float32 pinned: `auto` picks bf16 on a CPU whose bf16 matmul wins (an AMD EPYC with
+        # avx512_bf16 did), and this test checks what is printed, not which dtype a machine gets.
+        + ["--dtype", "float32"],
         capture_output=True,
         text=True,
         cwd=REPO,
