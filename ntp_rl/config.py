@@ -732,6 +732,7 @@ SMOKE_TRAINER = {
 }
 SMOKE_RL_TRAINER = {
     "num_generations": 2,
+    "num_generations_eval": None,  # held-out groups as the training ones: a smoke eval batch is tiny
     "max_completion_length": 12,
     "generation_batch_size": None,
     "use_vllm": False,  # smoke runs check a recipe on any machine, vLLM or not
