@@ -241,6 +241,9 @@ class RlStage(TrainingStage):
     # Run a prompt shared by a group's completions through the policy once in the training forward
     # (same log-probabilities and gradient; one process, no gradient checkpointing). false = once per row.
     share_prompt_prefix: bool = True
+    # Sample rollouts with one random number per completion and token (ntp_rl.generation.InverseCdfSampler)
+    # instead of torch.multinomial's one per vocabulary entry: the same distribution, other draws.
+    fast_sampling: bool = True
 
     @field_validator("rewards")
     @classmethod
@@ -383,7 +386,13 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     "eval": {"probes": None, "sampled_checkpoints": None, "extra_splits": [], "kl_to": []},
     "reward_model": {"init_from": None, "policy_pairs": None, "seed": None, "group_pairs_by_prompt": True},
     "sft": {"seed": None},
-    "rl": {"seed": None, "eval_examples": 0, "skip_zero_advantage": True, "share_prompt_prefix": True},
+    "rl": {
+        "seed": None,
+        "eval_examples": 0,
+        "skip_zero_advantage": True,
+        "share_prompt_prefix": True,
+        "fast_sampling": True,
+    },
 }
 
 # The same for keys of a reward_model stage's `policy_pairs`.

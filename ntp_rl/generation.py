@@ -2,14 +2,17 @@
 
 Prompts are chat-templated exactly as in training (`apply_chat_template(add_generation_prompt=True)`),
 sorted by length so batches carry little padding, left-padded, and generated with transformers'
-`generate`; the n samples of a prompt share one prefill (`shared_prompt_prefill`), and rows stop at
-EOS independently. Sampling is seeded per batch, so a checkpoint's numbers do not depend on what
-ran before it in the same process.
+`generate`, with three additions for speed that leave the decoding as it is: the n samples of a
+prompt share one prefill (`shared_prompt_prefill`); rows that have finished leave the batch
+(`generate_evicting`); sampling draws one random number per row and step (`InverseCdfSampler`),
+not one per vocabulary entry. Sampling is seeded per batch, so a checkpoint's numbers do not depend
+on what ran before it in the same process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,8 +55,6 @@ def merged_copy(model):
     """
     if not hasattr(model, "merge_and_unload"):
         return model
-    import copy
-
     merged = copy.deepcopy(model).merge_and_unload(adapter_names=[model.active_adapter])
     return merged.eval()
 
@@ -153,11 +154,165 @@ def shared_prompt_prefill(model):
         cache.batch_select_indices(row_of)
         return original(input_ids=input_ids, attention_mask=attention_mask, **{cache_kw: cache}, **kwargs)
 
+    previous = model.__dict__.get("generate")  # another context's wrapper, put back on leaving
     model.generate = generate
     try:
         yield model
     finally:
-        del model.generate
+        if previous is not None:
+            model.generate = previous
+        else:
+            del model.generate
+
+
+class InverseCdfSampler:
+    """A last logits processor that draws the next token itself, for `generate` in greedy mode.
+
+    transformers samples with `torch.multinomial`, which on a CPU draws one exponential random number
+    per vocabulary entry and row at every step: for a 49k-token vocabulary that costs more than the
+    softmax and, on a small model, a large part of the decoding step (docs/LOG.md). This draws one
+    uniform number per row instead and inverts the cumulative distribution (summed in float64, so that the
+    last entries' probabilities are not lost to rounding): the same distribution, other random numbers.
+    It returns scores that are -inf everywhere but at the drawn token, so `generate`'s greedy argmax
+    picks that token; the temperature and top-p warpers run before it (`sampling_processors`).
+    """
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float(), dim=-1)  # float32, as transformers' own sampling
+        cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+        u = torch.rand((scores.size(0), 1), dtype=torch.float64, device=scores.device) * cdf[:, -1:]
+        # right=True: the first entry whose cumulative probability exceeds u (never one of zero mass)
+        token = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.size(-1) - 1)
+        drawn = torch.full_like(scores, float("-inf"))
+        return drawn.scatter_(1, token, 0.0)
+
+
+def sampling_processors(temperature: float, top_p: float = 1.0):
+    """`generate` keywords that sample at `temperature` (and `top_p`) through `InverseCdfSampler`."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    processors = [TemperatureLogitsWarper(temperature)]
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    processors.append(InverseCdfSampler())
+    return {
+        "do_sample": False,  # the argmax of InverseCdfSampler's one-hot scores is the drawn token
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "logits_processor": LogitsProcessorList(processors),
+    }
+
+
+@contextlib.contextmanager
+def inverse_cdf_sampling(model):
+    """`model.generate(generation_config=...)` samples through `InverseCdfSampler` inside this context.
+
+    For a trainer's rollouts (TRL's `generate` call passes a sampling `GenerationConfig`): a config that
+    samples with temperature and top-p only (no top-k, min-p, typical or epsilon cut, no beams) runs in
+    greedy mode with `sampling_processors` instead. The same distribution; other random numbers than
+    `torch.multinomial` would draw. Anything else runs as it is.
+    """
+    previous = model.__dict__.get("generate")
+    original = model.generate
+
+    def generate(*args, generation_config=None, logits_processor=None, **kwargs):
+        config = generation_config
+        plain = (
+            config is not None
+            and logits_processor is None
+            and config.do_sample
+            and (config.num_beams or 1) == 1
+            and not config.top_k
+            and config.min_p is None
+            and config.typical_p in (None, 1.0)
+            and not config.epsilon_cutoff
+            and not config.eta_cutoff
+        )
+        if not plain:
+            return original(*args, generation_config=config, logits_processor=logits_processor, **kwargs)
+        sampling = sampling_processors(config.temperature or 1.0, config.top_p or 1.0)
+        greedy = copy.deepcopy(config)
+        for key in ("do_sample", "temperature", "top_p", "top_k"):
+            setattr(greedy, key, sampling.pop(key))
+        return original(*args, generation_config=greedy, **sampling, **kwargs)
+
+    model.generate = generate
+    try:
+        yield model
+    finally:
+        if previous is not None:
+            model.generate = previous
+        else:
+            del model.generate
+
+
+# Tokens generated between evictions of finished rows: fewer = finished rows leave sooner, more =
+# fewer `generate` calls (each has a fixed set-up cost).
+EVICT_EVERY = 16
+
+
+def generate_evicting(model, input_ids, attention_mask, max_new_tokens: int, eos_ids, pad_id: int, **kwargs):
+    """`model.generate` in chunks of `EVICT_EVERY` tokens, dropping rows that have finished between chunks.
+
+    `generate` runs every row of its batch until the last one stops: a row that wrote its EOS at token
+    20 of 64 is still computed (and padded) for the other 44. Here each chunk is one `generate` call
+    that continues from the previous chunk's KV cache (transformers' documented way to resume a
+    generation); rows that wrote an EOS are then dropped from the ids, mask and cache
+    (`batch_select_indices`) before the next chunk. Decoding is unchanged: the same logits for every
+    surviving row at every position, so greedy output is `generate`'s (up to float round-off of a
+    smaller batch); sampling draws from the same distribution, but its random numbers are consumed
+    in another order than one `generate` call would. Returns the new tokens of every row,
+    `rows x max_new_tokens`, `pad_id` after a row's EOS.
+    """
+    import torch
+
+    cache_kw = cache_keyword(model)
+    rows = input_ids.size(0)
+    out = torch.full((rows, max_new_tokens), pad_id, dtype=input_ids.dtype, device=input_ids.device)
+    active = torch.arange(rows, device=input_ids.device)
+    eos = torch.tensor(sorted(eos_ids), device=input_ids.device)
+    cache, done = None, 0
+    while done < max_new_tokens:
+        chunk = min(EVICT_EVERY, max_new_tokens - done)
+        extra = {cache_kw: cache} if cache is not None else {}
+        result = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=chunk,
+            pad_token_id=pad_id,
+            eos_token_id=eos.tolist(),
+            return_dict_in_generate=True,
+            **extra,
+            **kwargs,
+        )
+        new = result.sequences[:, input_ids.size(1) :]
+        out[active, done : done + new.size(1)] = new
+        done += new.size(1)
+        running = ~torch.isin(new, eos).any(dim=1)
+        if new.size(1) < chunk or not running.any():
+            break  # every row has finished
+        keep = running.nonzero().squeeze(1)
+        cache = getattr(result, cache_kw, None)  # the output names it as `forward` takes it
+        if cache is None:  # a model that keeps no cache: carry on without eviction
+            rest = model.generate(
+                input_ids=result.sequences,
+                attention_mask=torch.cat([attention_mask, torch.ones_like(new)], dim=1),
+                max_new_tokens=max_new_tokens - done,
+                pad_token_id=pad_id,
+                eos_token_id=eos.tolist(),
+                **kwargs,
+            )
+            out[active, done:] = rest[:, result.sequences.size(1) :]
+            break
+        if keep.numel() < active.numel():
+            cache.batch_select_indices(keep)
+        input_ids = result.sequences[keep]
+        attention_mask = torch.cat([attention_mask, torch.ones_like(new)], dim=1)[keep]
+        active = active[keep]
+    return out
 
 
 def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:
@@ -209,26 +364,21 @@ def generate(
         torch.manual_seed(decoding.seed * 100_003 + batch_index)
         kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if not decoding.greedy:
-            kwargs = {
-                "do_sample": True,
-                "temperature": decoding.temperature,
-                "top_p": decoding.top_p,
-                "top_k": 0,
-            }
+            kwargs = sampling_processors(decoding.temperature, decoding.top_p)
         samples = decoding.num_samples
         # Each prompt's samples as rows of their own, as `num_return_sequences` would expand them (the
         # same rows, so the same random draws), so that the prompt is prefilled once for all of them.
         shared = shared_prompt_prefill(model) if samples > 1 else contextlib.nullcontext()
         with torch.inference_mode(), shared:
-            out = model.generate(
-                input_ids=input_ids.repeat_interleave(samples, dim=0).to(device),
-                attention_mask=attention.repeat_interleave(samples, dim=0).to(device),
-                max_new_tokens=decoding.max_new_tokens,
-                pad_token_id=pad_id,
-                eos_token_id=sorted(eos_ids),
+            completions = generate_evicting(
+                model,
+                input_ids.repeat_interleave(samples, dim=0).to(device),
+                attention.repeat_interleave(samples, dim=0).to(device),
+                decoding.max_new_tokens,
+                eos_ids,
+                pad_id,
                 **kwargs,
-            )
-        completions = out[:, width:].cpu()
+            ).cpu()
         for r, i in enumerate(rows):
             texts, lengths, truncated, token_ids = [], [], [], []
             for s in range(decoding.num_samples):

@@ -76,7 +76,9 @@ class Recorder:
         trainer.add_callback(Grads())
 
 
-def one_step(tiny_model_path, tmp_path, side: str, algorithm: str, loss_type: str | None):
+def one_step(
+    tiny_model_path, tmp_path, side: str, algorithm: str, loss_type: str | None, fast_sampling: bool = False
+):
     import trl
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -120,8 +122,15 @@ def one_step(tiny_model_path, tmp_path, side: str, algorithm: str, loss_type: st
         config = trl.RLOOConfig(**common)
         cls = trl.RLOOTrainer if side == "trl" else rl_trainer.RLOOTrainer
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS])
+    # ntp-rl's sampler draws other tokens from the same seed: off, so that both sides sample the same
+    ours = {"fast_sampling": fast_sampling} if side == "ntp-rl" else {}
     trainer = cls(
-        model=model, reward_funcs=[reward], args=config, train_dataset=dataset, processing_class=tokenizer
+        model=model,
+        reward_funcs=[reward],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        **ours,
     )
     recorder = Recorder(trainer)
     original_rewards = trainer._calculate_rewards
@@ -168,6 +177,26 @@ def test_a_step_matches_trl(tiny_model_path, tmp_path, algorithm, loss_type):
 
     useful = [entry["useful_share"] for entry in trainer.state.log_history if "useful_share" in entry]
     assert useful and useful[0] == pytest.approx(len(ours.advantages) / len(theirs.completions))
+
+
+def test_fast_sampling_draws_the_rollouts(tiny_model_path, tmp_path, monkeypatch):
+    """With `fast_sampling` the trainer's rollouts go through InverseCdfSampler, once per token."""
+    from ntp_rl import generation
+
+    calls: list[int] = []
+    original = generation.InverseCdfSampler.__call__
+
+    def counted(self, input_ids, scores):
+        calls.append(scores.size(0))
+        return original(self, input_ids, scores)
+
+    monkeypatch.setattr(generation.InverseCdfSampler, "__call__", counted)
+    recorder, trainer, loss = one_step(
+        tiny_model_path, tmp_path, "ntp-rl", "grpo", "dapo", fast_sampling=True
+    )
+    assert len(recorder.completions) == 16 and all(len(c) > 0 for c in recorder.completions)
+    assert calls and len(calls) <= 8 and sum(calls) >= 16  # 4 prompts x 4 rows, at most 8 new tokens
+    assert "generate" not in trainer.accelerator.unwrap_model(trainer.model).__dict__  # context left
 
 
 def test_skipping_is_off_where_a_zero_advantage_row_has_a_gradient():
@@ -333,10 +362,11 @@ def test_shared_prompt_prefill_samples_the_same_tokens(tiny_model_path):
 
 
 def test_eval_generate_samples_what_num_return_sequences_samples(tiny_model_path):
-    """ntp-rl's batched `generate` (prompts prefilled once for their samples) draws transformers' tokens."""
+    """ntp-rl's batched `generate` (prompts prefilled once for their samples) draws the tokens that
+    transformers' `generate` draws with `num_return_sequences` and the same sampler."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ntp_rl.generation import Decoding, encode_prompts, generate
+    from ntp_rl.generation import Decoding, encode_prompts, generate, sampling_processors
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
@@ -352,15 +382,11 @@ def test_eval_generate_samples_what_num_return_sequences_samples(tiny_model_path
     input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in order])
     mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in order])
     torch.manual_seed(decoding.seed * 100_003)
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=mask,
+    out = model.generate(  # each prompt's rows repeated, as `num_return_sequences` would (greedy mode refuses it)
+        input_ids=input_ids.repeat_interleave(3, dim=0),
+        attention_mask=mask.repeat_interleave(3, dim=0),
         max_new_tokens=6,
-        num_return_sequences=3,
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
+        **sampling_processors(1.0),
         pad_token_id=pad,
         eos_token_id=[tokenizer.eos_token_id],
     )[:, width:]
@@ -368,3 +394,66 @@ def test_eval_generate_samples_what_num_return_sequences_samples(tiny_model_path
         for s in range(3):
             ids = out[r * 3 + s].tolist()
             assert ours[i].token_ids[s] == ids[: len(ours[i].token_ids[s])]
+
+
+def test_inverse_cdf_sampler_draws_from_the_tempered_softmax():
+    """One uniform per row, the cumulative distribution inverted: frequencies match softmax(scores / T)."""
+    from ntp_rl.generation import sampling_processors
+
+    scores = torch.tensor([2.0, 1.0, 0.0, -1.0, -8.0, float("-inf")])
+    temperature, draws = 1.3, 200_000
+    processors = sampling_processors(temperature)["logits_processor"]
+    torch.manual_seed(0)
+    out = processors(torch.zeros(draws, 1, dtype=torch.long), scores.repeat(draws, 1))
+    # one finite score per row, 0 at the drawn token: transformers' greedy argmax takes it
+    assert torch.isfinite(out).sum(dim=1).eq(1).all() and out.max(dim=1).values.eq(0).all()
+    counts = torch.bincount(out.argmax(dim=1), minlength=6).double()
+    expected = torch.softmax(scores / temperature, dim=0).double() * draws
+    assert counts[5] == 0  # a token of zero probability is never drawn
+    sigma = (expected * (1 - expected / draws)).sqrt()
+    assert ((counts[:5] - expected[:5]).abs() <= 5 * sigma[:5] + 1).all(), (counts, expected)
+    assert counts[4] > 0  # the rare token (p ~ 2e-4) is drawn about as often as it should be
+
+
+def test_top_p_leaves_only_the_nucleus():
+    from ntp_rl.generation import sampling_processors
+
+    scores = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    processors = sampling_processors(1.0, top_p=0.7)["logits_processor"]
+    torch.manual_seed(0)
+    drawn = processors(torch.zeros(20_000, 1, dtype=torch.long), scores.repeat(20_000, 1)).argmax(dim=1)
+    assert set(drawn.tolist()) == {0, 1}  # 0.5 + 0.3 covers 0.7
+
+
+def test_finished_rows_leave_the_batch_and_the_output_is_generate_s(tiny_model_path, monkeypatch):
+    """Greedy `generate` with rows dropped as they finish writes what one `model.generate` call writes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ntp_rl import generation
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    with torch.no_grad():  # large random weights: greedy rows that differ (the tiny model repeats one token)
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(0, 0.3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    prompts = ["What is 2 + 2?", "Name a colour, please.", "Count to three.", "Say hello."]
+    decoding = generation.Decoding(max_new_tokens=12)
+    free = generation.generate(model, tokenizer, prompts, decoding, batch_size=4)
+    # An end-of-sequence token that one row writes third and the others never: rows finish apart.
+    stop = free[0].token_ids[0][2]
+    assert all(stop not in g.token_ids[0] for g in free[1:])
+    model.generation_config.eos_token_id = stop
+    forwarded: list[int] = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda module, args, output: forwarded.append(args[0].size(0))
+    )
+    monkeypatch.setattr(generation, "EVICT_EVERY", 4)
+    ours = generation.generate(model, tokenizer, prompts, decoding, batch_size=4)
+    hook.remove()
+    monkeypatch.setattr(generation, "EVICT_EVERY", 10**6)
+    whole = generation.generate(model, tokenizer, prompts, decoding, batch_size=4)
+    assert [g.token_ids for g in ours] == [g.token_ids for g in whole]
+    assert len(ours[0].token_ids[0]) == 3 and all(len(g.token_ids[0]) == 12 for g in ours[1:])
+    assert min(forwarded) < len(prompts)  # finished rows were dropped before the last chunk

@@ -400,6 +400,7 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         callbacks=[*callbacks, samples],
         skip_zero_advantage=stage.skip_zero_advantage,
         share_prompt_prefix=stage.share_prompt_prefix,
+        fast_sampling=stage.fast_sampling,
     )
     samples.trainer = trainer
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
