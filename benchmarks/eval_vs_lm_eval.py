@@ -1,8 +1,8 @@
 """Eval throughput: `ntp-rl eval` against lm-evaluation-harness's HF backend on the same work.
 
 What it measures: one model, one set of prompts and one decoding (greedy, the same max new tokens,
-the same batch size, the model's chat template with the generation prompt, float32 on CPU or the
-first GPU) run two ways:
+the same batch size, the model's chat template with the generation prompt, the same dtype, float32
+unless `--dtype bfloat16`, on CPU or the first GPU) run two ways:
 - ntp-rl: `ntp-rl eval --suite <suite> --model m=<model> --out <dir>` on a suite that reads the
   prompts file (greedy, or `--samples` at a temperature; no KL, no reference NLL, one scorer);
 - lm-eval: `lm_eval.simple_evaluate(model="hf", ...)` on a local task YAML over the same file
@@ -58,7 +58,7 @@ args = json.loads(sys.argv[1])
 started = time.perf_counter()
 results = lm_eval.simple_evaluate(
     model="hf",
-    model_args={"pretrained": args["model"], "dtype": "float32", "device": args["device"]},
+    model_args={"pretrained": args["model"], "dtype": args["dtype"], "device": args["device"]},
     tasks=[args["task"]],
     task_manager=TaskManager(include_path=args["task_dir"]),
     batch_size=args["batch_size"],
@@ -130,7 +130,9 @@ def write_task(folder: Path, prompts: Path, max_new_tokens: int, temperature: fl
     return task_dir
 
 
-def run_ntp_rl(suite: Path, model: str, out: Path, env: dict, sampled: bool) -> tuple[float, float, float]:
+def run_ntp_rl(
+    suite: Path, model: str, out: Path, env: dict, sampled: bool, dtype: str
+) -> tuple[float, float, float]:
     cmd = [
         sys.executable,
         "-m",
@@ -142,6 +144,8 @@ def run_ntp_rl(suite: Path, model: str, out: Path, env: dict, sampled: bool) -> 
         f"m={model}",
         "--out",
         str(out),
+        "--dtype",
+        dtype,
     ]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -153,11 +157,13 @@ def run_ntp_rl(suite: Path, model: str, out: Path, env: dict, sampled: bool) -> 
     return seconds, report["timing"]["seconds"], summary["sampled_pass1" if sampled else "greedy_accuracy"]
 
 
-def run_lm_eval(model_path: str, task_dir: Path, batch_size: int, env: dict) -> tuple[float, float, float]:
+def run_lm_eval(
+    model_path: str, task_dir: Path, batch_size: int, env: dict, dtype: str
+) -> tuple[float, float, float]:
     import torch
 
     args = {"model": model_path, "task": TASK_NAME, "task_dir": str(task_dir), "batch_size": batch_size,
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}  # fmt: skip
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "dtype": dtype}  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", LM_EVAL_SCRIPT, json.dumps(args)], capture_output=True, text=True, env=env
@@ -187,6 +193,12 @@ def main() -> None:
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="sampling temperature (with --samples)"
     )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the model's dtype on both sides (default float32)",
+    )
     args = parser.parse_args()
     sampled = args.samples > 0
     completions = args.prompts * max(args.samples, 1)
@@ -208,18 +220,20 @@ def main() -> None:
         task_dir = write_task(folder, copies, args.max_new_tokens, args.temperature if sampled else 0.0)
         for repeat in range(args.repeats):
             seconds, phase, accuracy["ntp-rl"] = run_ntp_rl(
-                suite, model_path, folder / f"report-{repeat}", env, sampled
+                suite, model_path, folder / f"report-{repeat}", env, sampled, args.dtype
             )
             times["ntp-rl"].append(seconds)
             phases["ntp-rl"].append(phase)
-            seconds, phase, accuracy["lm-eval"] = run_lm_eval(model_path, task_dir, args.batch_size, env)
+            seconds, phase, accuracy["lm-eval"] = run_lm_eval(
+                model_path, task_dir, args.batch_size, env, args.dtype
+            )
             times["lm-eval"].append(seconds)
             phases["lm-eval"].append(phase)
 
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     decoding = f"{args.samples} samples each at T={args.temperature}" if sampled else "greedy"
     print(f"model {args.model} ({model_path}), {args.prompts} prompts, {decoding}, max {args.max_new_tokens} new "
-          f"tokens, batch {args.batch_size}, OMP_NUM_THREADS={threads}, median of {args.repeats} run(s)")  # fmt: skip
+          f"tokens, batch {args.batch_size}, {args.dtype}, OMP_NUM_THREADS={threads}, median of {args.repeats} run(s)")  # fmt: skip
     for title, measured in (("whole command", times), ("eval call (after imports)", phases)):
         rate = {side: completions / statistics.median(values) for side, values in measured.items()}
         print(f"{title}:")
