@@ -154,10 +154,18 @@ def shared_prompt_prefill(model):
         cache.batch_select_indices(row_of)
         return original(input_ids=input_ids, attention_mask=attention_mask, **{cache_kw: cache}, **kwargs)
 
-    previous = model.__dict__.get("generate")  # another context's wrapper, put back on leaving
+    with _generate_replaced(model, generate):
+        yield model
+
+
+@contextlib.contextmanager
+def _generate_replaced(model, generate):
+    """`model.generate` is `generate` inside; on leaving, what it was before (another context's wrapper
+    or the class's own method)."""
+    previous = model.__dict__.get("generate")
     model.generate = generate
     try:
-        yield model
+        yield
     finally:
         if previous is not None:
             model.generate = previous
@@ -215,7 +223,6 @@ def inverse_cdf_sampling(model):
     greedy mode with `sampling_processors` instead. The same distribution; other random numbers than
     `torch.multinomial` would draw. Anything else runs as it is.
     """
-    previous = model.__dict__.get("generate")
     original = model.generate
 
     def generate(*args, generation_config=None, logits_processor=None, **kwargs):
@@ -239,14 +246,8 @@ def inverse_cdf_sampling(model):
             setattr(greedy, key, sampling.pop(key))
         return original(*args, generation_config=greedy, **sampling, **kwargs)
 
-    model.generate = generate
-    try:
+    with _generate_replaced(model, generate):
         yield model
-    finally:
-        if previous is not None:
-            model.generate = previous
-        else:
-            del model.generate
 
 
 # Tokens generated between evictions of finished rows: fewer = finished rows leave sooner, more =

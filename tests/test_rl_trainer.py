@@ -457,3 +457,20 @@ def test_finished_rows_leave_the_batch_and_the_output_is_generate_s(tiny_model_p
     assert [g.token_ids for g in ours] == [g.token_ids for g in whole]
     assert len(ours[0].token_ids[0]) == 3 and all(len(g.token_ids[0]) == 12 for g in ours[1:])
     assert min(forwarded) < len(prompts)  # finished rows were dropped before the last chunk
+
+
+def test_generate_wrappers_nest_and_unwind():
+    """Two contexts that replace `generate` (shared prefill, sampler): leaving the inner one puts the
+    outer one's wrapper back, leaving both puts back the class's own method."""
+    from ntp_rl.generation import _generate_replaced
+
+    class Model:
+        def generate(self):
+            return "own"
+
+    model = Model()
+    with _generate_replaced(model, lambda: "outer"):
+        with _generate_replaced(model, lambda: "inner"):
+            assert model.generate() == "inner"
+        assert model.generate() == "outer"
+    assert model.generate() == "own" and "generate" not in model.__dict__
