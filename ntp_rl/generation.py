@@ -296,19 +296,10 @@ def generate_evicting(model, input_ids, attention_mask, max_new_tokens: int, eos
         if new.size(1) < chunk or not running.any():
             break  # every row has finished
         keep = running.nonzero().squeeze(1)
-        cache = getattr(result, cache_kw, None)  # the output names it as `forward` takes it
-        if cache is None:  # a model that keeps no cache: carry on without eviction
-            rest = model.generate(
-                input_ids=result.sequences,
-                attention_mask=torch.cat([attention_mask, torch.ones_like(new)], dim=1),
-                max_new_tokens=max_new_tokens - done,
-                pad_token_id=pad_id,
-                eos_token_id=eos.tolist(),
-                **kwargs,
-            )
-            out[active, done:] = rest[:, result.sequences.size(1) :]
-            break
-        if keep.numel() < active.numel():
+        # The output names the cache as `forward` takes it. A model that keeps none gets its whole
+        # sequence again next chunk: slower, the same tokens.
+        cache = getattr(result, cache_kw, None)
+        if cache is not None and keep.numel() < active.numel():
             cache.batch_select_indices(keep)
         input_ids = result.sequences[keep]
         attention_mask = torch.cat([attention_mask, torch.ones_like(new)], dim=1)[keep]
