@@ -235,10 +235,25 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep, comput
 
 
 class SkipZeroAdvantageMixin:
-    """The zero-advantage skipping, prompt sharing and merged-weight generation of this module."""
+    """The zero-advantage skipping, prompt sharing, merged-weight generation and sampling of this module."""
 
     skip_zero_advantage: bool = True
     share_prompt_prefix: bool = True
+    fast_sampling: bool = True
+
+    def __init__(
+        self,
+        *args,
+        skip_zero_advantage: bool = True,
+        share_prompt_prefix: bool = True,
+        fast_sampling: bool = True,
+        **kwargs,
+    ):
+        self.skip_zero_advantage = skip_zero_advantage
+        self.share_prompt_prefix = share_prompt_prefix
+        self.fast_sampling = fast_sampling
+        super().__init__(*args, **kwargs)
+        self._skip_setup()
 
     def _skip_setup(self) -> None:
         """Decide once whether skipping leaves the gradient as TRL's; log why not otherwise."""
@@ -358,20 +373,6 @@ class SkipZeroAdvantageMixin:
 class GRPOTrainer(SkipZeroAdvantageMixin, trl.GRPOTrainer):
     """TRL's GRPOTrainer; see the module docstring for what differs and why the update does not."""
 
-    def __init__(
-        self,
-        *args,
-        skip_zero_advantage: bool = True,
-        share_prompt_prefix: bool = True,
-        fast_sampling: bool = True,
-        **kwargs,
-    ):
-        self.skip_zero_advantage = skip_zero_advantage
-        self.share_prompt_prefix = share_prompt_prefix
-        self.fast_sampling = fast_sampling
-        super().__init__(*args, **kwargs)
-        self._skip_setup()
-
     def _loss_normaliser(self) -> str:
         if self.loss_type in ROW_NORMALISED:
             return "rows"
@@ -394,17 +395,3 @@ class GRPOTrainer(SkipZeroAdvantageMixin, trl.GRPOTrainer):
 class RLOOTrainer(SkipZeroAdvantageMixin, trl.RLOOTrainer):
     """TRL's RLOOTrainer (loss: the mean over rows; its KL term is in the reward, hence the advantage,
     so a zero-advantage row carries no gradient at any beta); see the module docstring."""
-
-    def __init__(
-        self,
-        *args,
-        skip_zero_advantage: bool = True,
-        share_prompt_prefix: bool = True,
-        fast_sampling: bool = True,
-        **kwargs,
-    ):
-        self.skip_zero_advantage = skip_zero_advantage
-        self.share_prompt_prefix = share_prompt_prefix
-        self.fast_sampling = fast_sampling
-        super().__init__(*args, **kwargs)
-        self._skip_setup()
