@@ -58,6 +58,11 @@ class ModelSettings(StrictModel):
     # default stays float32, so the config hash of runs made before `auto` existed does not change.
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     trust_remote_code: bool = False
+    # transformers' attention implementation (`eager`, `sdpa`, `flash_attention_2`, ...) of the models
+    # the sft, reward_model and rl stages train; None = transformers' default. The generation one is
+    # for `generate` in those stages (rl rollouts, held-out evaluation); None = the same.
+    attn_implementation: str | None = None
+    generation_attn_implementation: str | None = None
     # peft LoraConfig fields, passed through (checked against LoraConfig when the recipe loads).
     lora: dict[str, Any] = Field(
         default_factory=lambda: {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
@@ -395,6 +400,9 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     },
 }
 
+# The same for keys of the model block.
+MODEL_ADDED_LATER: dict[str, Any] = {"attn_implementation": None, "generation_attn_implementation": None}
+
 # The same for keys of a reward_model stage's `policy_pairs`.
 POLICY_PAIRS_ADDED_LATER: dict[str, Any] = {"tau": None, "disagreement": None}
 
@@ -436,6 +444,9 @@ class Recipe(StrictModel):
         """Hash of what the run computes; where its folder lives (run.output_dir) is not part of it."""
         config = self.model_dump(mode="json")
         config["run"].pop("output_dir", None)
+        for key, default in MODEL_ADDED_LATER.items():
+            if config["model"].get(key, default) == default:
+                config["model"].pop(key, None)
         for stage in config["stages"]:
             for key, default in ADDED_LATER.get(stage["kind"], {}).items():
                 if key in stage and stage[key] == default:
@@ -623,6 +634,24 @@ def trainer_config_class(stage: TrainingStage) -> type:
     raise TypeError(stage)
 
 
+def check_attention_name(name: str | None) -> str | None:
+    """Why transformers would not know `name` as an attention implementation, or None.
+
+    Known: `eager` and the names registered with transformers' `AttentionInterface` (`sdpa`,
+    `flash_attention_2`, `flex_attention`, ...), and hub kernels (`org/repo`). Whether this machine
+    can run a known one is checked when the model loads.
+    """
+    if name is None or "/" in name:
+        return None
+    from transformers import AttentionInterface
+
+    known = sorted({"eager", *AttentionInterface()})
+    known = [k for k in known if "|" not in k]  # internal combined keys (paged|eager)
+    if name in known:
+        return None
+    return f"{name!r} is not an attention implementation transformers knows; one of {known}{_suggest(name, known)}"
+
+
 def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
     """Check pass-through mappings (lora, trainer) against peft and TRL, with full key paths."""
     from peft import LoraConfig
@@ -633,6 +662,10 @@ def check_recipe_against_libraries(recipe: Recipe, source: str) -> None:
         build_dataclass(LoraConfig, recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
     except UserError as exc:
         problems.append(str(exc))
+    for key in ("attn_implementation", "generation_attn_implementation"):
+        problem = check_attention_name(getattr(recipe.model, key))
+        if problem:
+            problems.append(f"model.{key}: {problem}")
     rank = recipe.model.lora.get("r")
     if isinstance(rank, int) and rank < 1:  # peft accepts it; the model would fail to build an adapter
         problems.append(f"model.lora.r: the adapter's rank must be at least 1, got {rank}")

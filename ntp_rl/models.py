@@ -475,25 +475,100 @@ def contiguous_output_head(model) -> None:
         head.register_forward_pre_hook(_contiguous_input)
 
 
-def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """Load a causal LM from safetensors only (no pickled weights); see `contiguous_output_head`."""
+def load_causal_lm(
+    path: str,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    generation_attn_implementation: str | None = None,
+):
+    """Load a causal LM from safetensors only (no pickled weights); see `contiguous_output_head`.
+
+    `attn_implementation` is transformers' (None: its default); `generation_attn_implementation`, where
+    given and different, is the one `model.generate` runs with (`attention_while_generating`).
+    """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+    model = _from_pretrained(
+        AutoModelForCausalLM,
+        path,
+        attn_implementation,
+        dtype=torch_dtype(dtype),
+        trust_remote_code=trust_remote_code,
     )
     contiguous_output_head(model)
+    if generation_attn_implementation:
+        attention_while_generating(model, generation_attn_implementation)
     return model
 
 
+def _from_pretrained(auto_class, path: str, attn_implementation: str | None, **kwargs):
+    """`auto_class.from_pretrained` from safetensors, with a clear error for an attention it cannot use."""
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return auto_class.from_pretrained(path, use_safetensors=True, **kwargs)
+    except (ValueError, ImportError) as exc:
+        text = str(exc).lower()
+        if attn_implementation and ("attention" in text or "attn" in text):
+            raise UserError(
+                f"model.attn_implementation: {attn_implementation!r} cannot be used here: "
+                f"{str(exc).rstrip('.')}. "
+                "Use one transformers offers on this machine (`eager`, `sdpa`), or leave the key out."
+            ) from exc
+        raise
+
+
+def attention_while_generating(model, implementation: str) -> None:
+    """`model.generate` runs with transformers' attention `implementation`; every other pass with the model's own.
+
+    Training and scoring passes and token-by-token decoding favour different attention kernels: on a
+    CPU, for the short sequences of RL on a small model, `eager` attention's backward pass is faster
+    than `sdpa`'s, while decoding one token at a time is faster with `sdpa` (docs/LOG.md, 2026-12-01).
+    The same attention either way, up to float round-off. The switch is transformers'
+    `set_attn_implementation`, around each `generate` call (an instance attribute, so that wrappers
+    installed later, e.g. ntp_rl.generation's, call through it). Checked once here, so that a name
+    this machine cannot run fails at load, not at the first rollout.
+    """
+    own = model.config._attn_implementation
+    if implementation == own:
+        return
+    try:
+        model.set_attn_implementation(implementation)
+    except (ValueError, ImportError) as exc:
+        raise UserError(
+            f"model.generation_attn_implementation: {implementation!r} cannot be used here: "
+            f"{str(exc).rstrip('.')}. "
+            "Use one transformers offers on this machine (`eager`, `sdpa`), or leave the key out."
+        ) from exc
+    finally:
+        model.set_attn_implementation(own)
+    original = model.generate
+
+    def generate(*args, **kwargs):
+        before = model.config._attn_implementation
+        model.set_attn_implementation(implementation)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            model.set_attn_implementation(before)
+
+    model.generate = generate
+
+
 def load_sequence_classifier(
-    path: str, dtype: str = "float32", trust_remote_code: bool = False, pad_token_id: int | None = None
+    path: str,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    pad_token_id: int | None = None,
+    attn_implementation: str | None = None,
 ):
     """A one-output sequence classifier (a reward model's score) from safetensors only.
 
     A causal LM folder loads with a fresh, seeded-by-the-caller score head (transformers' warning
     about the missing `score.weight` is expected and silenced). `pad_token_id` goes on the config:
-    the classifier scores the last token that is not padding.
+    the classifier scores the last token that is not padding. `attn_implementation`: transformers'
+    (None: its default).
     """
     import contextlib
 
@@ -504,12 +579,13 @@ def load_sequence_classifier(
     except ImportError:  # pragma: no cover - an older or newer TRL without it: just noisier
         suppress_seqcls_warning = contextlib.nullcontext
     with suppress_seqcls_warning():
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = _from_pretrained(
+            AutoModelForSequenceClassification,
             path,
+            attn_implementation,
             num_labels=1,
             dtype=torch_dtype(dtype),
             trust_remote_code=trust_remote_code,
-            use_safetensors=True,
         )
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id

@@ -114,6 +114,9 @@ def test_config_hash_tracks_changes(tmp_path):
     assert a != load_recipe(path, ["stages[0].trainer.max_steps=4"]).config_hash()
     assert a != load_recipe(path, ["stages[0].seed=1"]).config_hash()
     assert a == load_recipe(path, ["stages[0].seed=null"]).config_hash()  # the default: as if unset
+    assert a == load_recipe(path, ["model.attn_implementation=null"]).config_hash()
+    assert a != load_recipe(path, ["model.attn_implementation=eager"]).config_hash()
+    assert a != load_recipe(path, ["model.generation_attn_implementation=sdpa"]).config_hash()
 
 
 def test_smoke_shrinks_budgets_and_uses_tiny(tmp_path):

@@ -140,3 +140,45 @@ def test_output_head_gets_a_contiguous_slice(tiny_model_path, hook):
     ]
     torch.testing.assert_close(logits, expected)
     assert head_products == (["aten::mm"] if hook else ["aten::bmm"])
+
+
+def test_generate_runs_with_its_own_attention(tiny_model_path):
+    """`generation_attn_implementation`: `generate` (through peft and ntp-rl's own wrappers) runs with it,
+    every other pass with `attn_implementation`, also after a `generate` call that failed."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ntp_rl.generation import inverse_cdf_sampling, merged_lora_weights
+
+    model = models.load_causal_lm(str(tiny_model_path), "float32", False, "eager", "sdpa")
+    seen: list[str] = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda module, args: seen.append(module.config._attn_implementation)
+    )
+    policy = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with merged_lora_weights(policy), inverse_cdf_sampling(policy):
+        policy.generate(input_ids=ids, max_new_tokens=3, do_sample=True, temperature=1.0, min_new_tokens=3)
+    assert seen == ["sdpa"] * 3
+    seen.clear()
+    policy(input_ids=ids)
+    assert seen == ["eager"]
+    with pytest.raises(ValueError):
+        policy.generate(input_ids=ids, max_new_tokens=-1)
+    assert model.config._attn_implementation == "eager"
+
+
+def test_an_attention_this_machine_cannot_run_is_a_clear_error(tiny_model_path):
+    pytest.importorskip("torch")
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        pass
+    else:  # pragma: no cover - a machine with flash-attn installed
+        pytest.skip("flash-attn is installed here")
+    for load, key in [
+        (("flash_attention_2", None), "model.attn_implementation"),
+        ((None, "flash_attention_2"), "model.generation_attn_implementation"),
+    ]:
+        with pytest.raises(UserError, match=rf"{key}: 'flash_attention_2' cannot be used here"):
+            models.load_causal_lm(str(tiny_model_path), "float32", False, *load)

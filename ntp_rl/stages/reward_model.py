@@ -215,6 +215,7 @@ def run_reward_model(ctx: StageContext, train, held_out) -> dict[str, Any]:
         ctx.dtype,
         ctx.recipe.model.trust_remote_code,
         pad_token_id=tokenizer.pad_token_id,
+        attn_implementation=ctx.recipe.model.attn_implementation,
     )
 
     callbacks, stop = stage_callbacks(ctx)

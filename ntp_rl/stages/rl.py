@@ -356,7 +356,14 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
     )
 
     tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
-    model = load_causal_lm(ctx.base_model_path, ctx.dtype, ctx.recipe.model.trust_remote_code)
+    settings = ctx.recipe.model
+    model = load_causal_lm(
+        ctx.base_model_path,
+        ctx.dtype,
+        settings.trust_remote_code,
+        settings.attn_implementation,
+        settings.generation_attn_implementation,
+    )
     adapter = init_adapter_dir(ctx)
     peft_config = None
     if adapter is not None:

@@ -55,7 +55,12 @@ def run_sft(ctx: StageContext, train, held_out) -> dict[str, Any]:
     args = ctx.trainer_args(**SFT_DEFAULTS)
     lora = build_dataclass(LoraConfig, ctx.recipe.model.lora, "model.lora", task_type="CAUSAL_LM")
     tokenizer = load_tokenizer(ctx.base_model_path, ctx.recipe.model.trust_remote_code)
-    model = load_causal_lm(ctx.base_model_path, ctx.dtype, ctx.recipe.model.trust_remote_code)
+    model = load_causal_lm(
+        ctx.base_model_path,
+        ctx.dtype,
+        ctx.recipe.model.trust_remote_code,
+        ctx.recipe.model.attn_implementation,
+    )
 
     callbacks, stop = stage_callbacks(ctx)
     trainer = SFTTrainer(
