@@ -32,10 +32,12 @@ Run from the repository root:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_step_overhead.py                          # tiny, ~1 min
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_step_overhead.py --model default --steps 3
-    # the quickstart's RL step (8 prompts x 4, micro-batches of 4, 48 tokens, temperature 1.2) from its SFT policy:
+    # the quickstart's RL step (8 prompts x 4, micro-batches of 16, 48 tokens, temperature 1.2, ntp-rl's
+    # side with the recipe's attention settings; TRL's with transformers' default) from its SFT policy:
     ntp-rl export runs/quickstart/sft --out /tmp/sft-merged
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/rl_step_overhead.py --model /tmp/sft-merged \
-        --batch-size 4 --grad-accum 8 --max-completion-length 48 --temperature 1.2 --filter-prompts 160 --steps 4
+        --batch-size 16 --grad-accum 2 --max-completion-length 48 --temperature 1.2 --filter-prompts 160 --steps 4 \
+        --ntp-rl-model-set attn_implementation=eager --ntp-rl-model-set generation_attn_implementation=sdpa
 
 A benchmark, never a timed assert in the tests.
 """
@@ -138,7 +140,15 @@ def run_ntp_rl(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
     recipe = {
         "run": {"name": "bench", "output_dir": str(workdir / "runs"), "seed": SEED},
-        "model": {"name_or_path": args.model, "dtype": args.dtype, "lora": LORA},
+        "model": {
+            "name_or_path": args.model,
+            "dtype": args.dtype,
+            "lora": LORA,
+            **{
+                key: yaml.safe_load(value)
+                for key, value in (kv.split("=", 1) for kv in args.ntp_rl_model_set)
+            },
+        },
         "data": {"source": args.rows},
         "stages": [
             {
@@ -224,6 +234,7 @@ def run_side(side: str, args: argparse.Namespace, root: Path, repeat: int) -> di
     cmd += [f"--warmup-steps={args.warmup_steps}", f"--batch-size={args.batch_size}"]
     cmd += [f"--grad-accum={args.grad_accum}", f"--temperature={args.temperature}", f"--rows={args.rows}"]
     cmd += [f"--ntp-rl-set={kv}" for kv in args.ntp_rl_set]
+    cmd += [f"--ntp-rl-model-set={kv}" for kv in args.ntp_rl_model_set]
     cmd += ["--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing"]
     cmd += [
         f"--num-generations={args.num_generations}",
@@ -380,6 +391,12 @@ def main() -> None:
         action="append",
         default=[],
         help="key=value for ntp-rl's rl stage, e.g. skip_zero_advantage=false",
+    )
+    parser.add_argument(
+        "--ntp-rl-model-set",
+        action="append",
+        default=[],
+        help="key=value for ntp-rl's model block, e.g. attn_implementation=eager (the quickstart's settings)",
     )
     parser.add_argument("--rows", help=argparse.SUPPRESS)
     parser.add_argument("--num-generations", type=int, default=4)

@@ -2,7 +2,7 @@
 
 What it measures: the real ntp-rl rl stage (`ntp_rl.cli.main(["train", recipe])`) on a generated
 recipe with one rl stage carrying recipes/quickstart.yaml's rl settings (8 prompts x 4 generations =
-32 completions a step, at most 48 new tokens, micro-batches of 4 x 8 accumulated, temperature 1.2,
+32 completions a step, at most 48 new tokens, micro-batches of 16 x 2 accumulated, temperature 1.2,
 beta 0, LoRA r16 on all linear layers, reward math_accuracy), the quickstart's model block and data.
 The policy is a fresh LoRA adapter on the base, or the SFT adapter given with `--init-adapter PATH`
 (a quickstart run's `runs/quickstart/sft/adapter`); the quickstart's prompt filter (sampling done
