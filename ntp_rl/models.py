@@ -526,10 +526,13 @@ def attention_while_generating(model, implementation: str) -> None:
     CPU, for the short sequences of RL on a small model, `eager` attention's backward pass is faster
     than `sdpa`'s, while decoding one token at a time is faster with `sdpa` (docs/LOG.md, 2026-12-01).
     The same attention either way, up to float round-off. The switch is transformers'
-    `set_attn_implementation`, around each `generate` call (an instance attribute, so that wrappers
-    installed later, e.g. ntp_rl.generation's, call through it). Checked once here, so that a name
-    this machine cannot run fails at load, not at the first rollout.
+    `set_attn_implementation`, around each `generate` call: a method bound to the model in its
+    instance dict, so that wrappers installed later (ntp_rl.generation's) call through it and a deep
+    copy of the model (a merged copy for sampling) gets its own, bound to the copy. Checked once here,
+    so that a name this machine cannot run fails at load, not at the first rollout.
     """
+    import types
+
     own = model.config._attn_implementation
     if implementation == own:
         return
@@ -543,17 +546,17 @@ def attention_while_generating(model, implementation: str) -> None:
         ) from exc
     finally:
         model.set_attn_implementation(own)
-    original = model.generate
+    model._ntp_rl_generation_attention = implementation
+    model.generate = types.MethodType(_generate_with_own_attention, model)
 
-    def generate(*args, **kwargs):
-        before = model.config._attn_implementation
-        model.set_attn_implementation(implementation)
-        try:
-            return original(*args, **kwargs)
-        finally:
-            model.set_attn_implementation(before)
 
-    model.generate = generate
+def _generate_with_own_attention(self, *args, **kwargs):
+    before = self.config._attn_implementation
+    self.set_attn_implementation(self._ntp_rl_generation_attention)
+    try:
+        return type(self).generate(self, *args, **kwargs)
+    finally:
+        self.set_attn_implementation(before)
 
 
 def load_sequence_classifier(

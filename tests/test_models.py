@@ -152,7 +152,8 @@ def test_generate_runs_with_its_own_attention(tiny_model_path):
 
     model = models.load_causal_lm(str(tiny_model_path), "float32", False, "eager", "sdpa")
     seen: list[str] = []
-    model.model.layers[0].self_attn.register_forward_pre_hook(
+    attention = model.model.layers[0].self_attn
+    hook = attention.register_forward_pre_hook(
         lambda module, args: seen.append(module.config._attn_implementation)
     )
     policy = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
@@ -166,6 +167,26 @@ def test_generate_runs_with_its_own_attention(tiny_model_path):
     with pytest.raises(ValueError):
         policy.generate(input_ids=ids, max_new_tokens=-1)
     assert model.config._attn_implementation == "eager"
+
+    # A merged copy for sampling (generation.merged_copy deep-copies) generates with its own weights.
+    from ntp_rl.generation import merged_copy
+
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 1.0)  # an adapter that changes the output
+    hook.remove()  # not copied with the model
+    copy = merged_copy(policy)
+    ran: list[tuple[bool, str]] = []
+    for layer in (attention, copy.model.layers[0].self_attn):
+        layer.register_forward_pre_hook(
+            lambda module, args: ran.append((module is attention, module.config._attn_implementation))
+        )
+    out = copy.generate(input_ids=ids, max_new_tokens=3, do_sample=False, min_new_tokens=3)
+    assert ran == [(False, "sdpa")] * 3  # the copy ran, with its generation attention; not the original
+    assert torch.equal(
+        out, policy.generate(input_ids=ids, max_new_tokens=3, do_sample=False, min_new_tokens=3)
+    )
 
 
 def test_an_attention_this_machine_cannot_run_is_a_clear_error(tiny_model_path):
