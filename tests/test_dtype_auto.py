@@ -214,8 +214,8 @@ def test_a_run_with_dtype_auto_trains_in_the_choice_and_records_it(
     loaded = []
     real_load = sft.load_causal_lm
 
-    def spy(path, dtype="float32", trust_remote_code=False):
-        model = real_load(path, dtype, trust_remote_code)
+    def spy(path, dtype="float32", *args, **kwargs):
+        model = real_load(path, dtype, *args, **kwargs)
         loaded.append((dtype, next(model.parameters()).dtype))
         return model
 
