@@ -538,6 +538,7 @@ def attention_while_generating(model, implementation: str) -> None:
         return
     try:
         model.set_attn_implementation(implementation)
+        switched = model.config._attn_implementation == implementation
     except (ValueError, ImportError) as exc:
         raise UserError(
             f"model.generation_attn_implementation: {implementation!r} cannot be used here: "
@@ -546,6 +547,11 @@ def attention_while_generating(model, implementation: str) -> None:
         ) from exc
     finally:
         model.set_attn_implementation(own)
+    if not switched:  # transformers only warns for a model whose attention is not its AttentionInterface
+        raise UserError(
+            f"model.generation_attn_implementation: {type(model).__name__} cannot change its attention "
+            f"at run time; leave the key out (its attention stays {own!r})."
+        )
     model._ntp_rl_generation_attention = implementation
     model.generate = types.MethodType(_generate_with_own_attention, model)
 

@@ -203,3 +203,12 @@ def test_an_attention_this_machine_cannot_run_is_a_clear_error(tiny_model_path):
     ]:
         with pytest.raises(UserError, match=rf"{key}: 'flash_attention_2' cannot be used here"):
             models.load_causal_lm(str(tiny_model_path), "float32", False, *load)
+
+
+def test_a_model_that_cannot_switch_attention_is_a_clear_error(tiny_model_path, monkeypatch):
+    """transformers only logs a warning where a model's attention cannot change at run time."""
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setattr(LlamaForCausalLM, "_can_set_attn_implementation", classmethod(lambda cls: False))
+    with pytest.raises(UserError, match="cannot change its attention at run time"):
+        models.load_causal_lm(str(tiny_model_path), "float32", False, "eager", "sdpa")
