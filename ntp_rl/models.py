@@ -511,12 +511,16 @@ def _from_pretrained(auto_class, path: str, attn_implementation: str | None, **k
     except (ValueError, ImportError) as exc:
         text = str(exc).lower()
         if attn_implementation and ("attention" in text or "attn" in text):
-            raise UserError(
-                f"model.attn_implementation: {attn_implementation!r} cannot be used here: "
-                f"{str(exc).rstrip('.')}. "
-                "Use one transformers offers on this machine (`eager`, `sdpa`), or leave the key out."
-            ) from exc
+            raise _attention_unusable("model.attn_implementation", attn_implementation, exc) from exc
         raise
+
+
+def _attention_unusable(key: str, name: str, exc: Exception) -> UserError:
+    """The error for an attention implementation transformers refused on this machine."""
+    return UserError(
+        f"{key}: {name!r} cannot be used here: {str(exc).rstrip('.')}. "
+        "Use one transformers offers on this machine (`eager`, `sdpa`), or leave the key out."
+    )
 
 
 def attention_while_generating(model, implementation: str) -> None:
@@ -540,11 +544,7 @@ def attention_while_generating(model, implementation: str) -> None:
         model.set_attn_implementation(implementation)
         switched = model.config._attn_implementation == implementation
     except (ValueError, ImportError) as exc:
-        raise UserError(
-            f"model.generation_attn_implementation: {implementation!r} cannot be used here: "
-            f"{str(exc).rstrip('.')}. "
-            "Use one transformers offers on this machine (`eager`, `sdpa`), or leave the key out."
-        ) from exc
+        raise _attention_unusable("model.generation_attn_implementation", implementation, exc) from exc
     finally:
         model.set_attn_implementation(own)
     if not switched:  # transformers only warns for a model whose attention is not its AttentionInterface
