@@ -1,9 +1,11 @@
 """Batched generation for eval: the same prompts, template, decoding and seeds for every checkpoint.
 
 Prompts are chat-templated exactly as in training (`apply_chat_template(add_generation_prompt=True)`),
-sorted by length so batches carry little padding, left-padded, and generated with transformers'
+sorted by length so batches carry little padding, padded between their common prefix and the rest
+(`prefix_aligned_batch`; left padding when they share none), and generated with transformers'
 `generate`, with three additions for speed that leave the decoding as it is: the n samples of a
-prompt share one prefill (`shared_prompt_prefill`); rows that have finished leave the batch
+prompt share one prefill, and the prompts of a batch one prefill of their common prefix, such as a
+chat template's system prompt (`shared_prompt_prefill`); rows that have finished leave the batch
 (`generate_evicting`); sampling draws one random number per row and step (`InverseCdfSampler`),
 not one per vocabulary entry. Sampling is seeded per batch, so a checkpoint's numbers do not depend
 on what ran before it in the same process.
@@ -110,16 +112,19 @@ def cache_keyword(model) -> str:
 
 @contextlib.contextmanager
 def shared_prompt_prefill(model):
-    """`model.generate` computes each distinct prompt's keys and values once, for all its rows.
+    """`model.generate` computes keys and values that several rows share once, for all of them.
 
-    GRPO samples a group of completions per prompt as that many rows of one batch; `generate` would
-    run the prompt through the model once per row. Inside this context, a `generate(input_ids,
-    attention_mask, ...)` call whose rows repeat runs each distinct (left-padded) prompt but its last
-    token once, with the positions `generate` gives left-padded rows, expands the KV cache to every
-    row, and hands it to `generate`, which then starts from the last prompt token: the same logits
-    at every step (up to float round-off), the same random draws, the prompt's compute paid once per
-    group. Calls with other tensor inputs (images), a cache of their own, or no repeated row run as
-    they are.
+    Two kinds of sharing, each paid for once inside this context:
+    - **repeated rows**: GRPO and sampled eval draw a group of completions per prompt as that many rows
+      of one batch; `generate` would run the prompt through the model once per row;
+    - **a common prefix**: leading columns that every row holds, all unmasked (a chat template's system
+      prompt, when the caller lays rows out as `prefix_aligned_batch` does), are run once for the batch.
+    A `generate(input_ids, attention_mask, ...)` call with either runs the common prefix once (one row),
+    then each distinct row's remaining prompt but its last token once, with the positions `generate`
+    gives its rows (from the attention mask, so padding between the prefix and the rest is skipped),
+    expands the KV cache to every row, and hands it to `generate`, which then starts from the last
+    prompt token: the same logits at every step (up to float round-off), the same random draws. Calls
+    with other tensor inputs (images), a cache of their own, or nothing shared run as they are.
     """
     import torch
 
@@ -130,32 +135,86 @@ def shared_prompt_prefill(model):
         others = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
         if args or input_ids is None or attention_mask is None or others or kwargs.get(cache_kw) is not None:
             return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if input_ids.size(1) < 2:
+        width = input_ids.size(1)
+        if width < 2:
             return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        # Leading columns identical in every row and unmasked; the last prompt token stays uncached.
+        same = (input_ids == input_ids[:1]).all(0) & (attention_mask == 1).all(0)
+        prefix = min(int(same.long().cumprod(0).sum()), width - 1)
+        prefix = prefix if prefix >= MIN_SHARED_PREFIX and input_ids.size(0) > 1 else 0
         rows = torch.cat([input_ids, attention_mask], dim=1)
         distinct, row_of = torch.unique(rows, dim=0, return_inverse=True)
-        if distinct.size(0) == input_ids.size(0):
+        if distinct.size(0) == input_ids.size(0) and prefix == 0:
             return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         first = torch.full((distinct.size(0),), rows.size(0), dtype=torch.long, device=rows.device)
         first.scatter_reduce_(0, row_of, torch.arange(rows.size(0), device=rows.device), reduce="amin")
         mask = attention_mask[first, :-1]
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate's own prefill
+        cache = None
         with torch.no_grad():
-            prefix = model(
-                input_ids=input_ids[first, :-1],
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        cache = getattr(prefix, cache_kw, None)
-        if cache is None:  # a model that returned no cache: generate the usual way
+            if prefix > 0:
+                shared = model(
+                    input_ids=input_ids[:1, :prefix],
+                    attention_mask=mask[:1, :prefix],
+                    position_ids=positions[:1, :prefix],
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cache = getattr(shared, cache_kw, None)
+                if cache is None:  # a model that returned no cache: generate the usual way
+                    return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+                cache.batch_repeat_interleave(distinct.size(0))
+            if prefix < width - 1:
+                rest = model(
+                    input_ids=input_ids[first, prefix:-1],
+                    attention_mask=mask,
+                    position_ids=positions[:, prefix:],
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **({cache_kw: cache} if cache is not None else {}),
+                )
+                cache = getattr(rest, cache_kw, None)
+        if cache is None:
             return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         cache.batch_select_indices(row_of)
         return original(input_ids=input_ids, attention_mask=attention_mask, **{cache_kw: cache}, **kwargs)
 
     with _generate_replaced(model, generate):
         yield model
+
+
+# A common prefix shorter than this is not worth the extra forward call of prefilling it separately.
+MIN_SHARED_PREFIX = 4
+
+
+def prefix_aligned_batch(sequences: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask) for prompts of different lengths, their common prefix first.
+
+    Left padding puts each row's first token at another column, so a prefix that every prompt shares
+    (a chat template's system prompt) lands in no common column. Here each row is the common prefix,
+    then its padding, then the rest of its prompt: the prefix sits in the same leading columns of every
+    row, where `shared_prompt_prefill` runs it once, and every row still ends in its last prompt token,
+    as `generate` needs. Position ids come from the attention mask, so the model sees each row as it
+    would left-padded. Without a common prefix of `MIN_SHARED_PREFIX` tokens this is left padding.
+    """
+    import os
+
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    # Each row keeps at least its last token after the prefix.
+    prefix = min(len(os.path.commonprefix(sequences)), min(len(ids) for ids in sequences) - 1)
+    if prefix < MIN_SHARED_PREFIX:
+        prefix = 0
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for r, ids in enumerate(sequences):
+        input_ids[r, :prefix] = torch.tensor(ids[:prefix], dtype=torch.long)
+        attention[r, :prefix] = 1
+        rest = ids[prefix:]
+        input_ids[r, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+        attention[r, width - len(rest) :] = 1
+    return input_ids, attention
 
 
 @contextlib.contextmanager
@@ -346,22 +405,16 @@ def generate(
     model.eval()
     for batch_index, start in enumerate(range(0, len(order), prompts_per_batch)):
         rows = order[start : start + prompts_per_batch]
-        width = max(len(encoded[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids = encoded[i]
-            input_ids[r, width - len(ids) :] = torch.tensor(ids)
-            attention[r, width - len(ids) :] = 1
+        input_ids, attention = prefix_aligned_batch([encoded[i] for i in rows], pad_id)
         torch.manual_seed(decoding.seed * 100_003 + batch_index)
         kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if not decoding.greedy:
             kwargs = sampling_processors(decoding.temperature, decoding.top_p)
         samples = decoding.num_samples
         # Each prompt's samples as rows of their own, as `num_return_sequences` would expand them (the
-        # same rows, so the same random draws), so that the prompt is prefilled once for all of them.
-        shared = shared_prompt_prefill(model) if samples > 1 else contextlib.nullcontext()
-        with torch.inference_mode(), shared:
+        # same rows, so the same random draws); each prompt is prefilled once for all of them, and the
+        # prompts' common prefix once for the batch.
+        with torch.inference_mode(), shared_prompt_prefill(model):
             completions = generate_evicting(
                 model,
                 input_ids.repeat_interleave(samples, dim=0).to(device),

@@ -361,6 +361,63 @@ def test_shared_prompt_prefill_samples_the_same_tokens(tiny_model_path):
     assert "generate" not in model.__dict__  # the model's own generate is back
 
 
+def test_prefix_aligned_batch_puts_the_common_prefix_in_the_same_columns():
+    from ntp_rl.generation import MIN_SHARED_PREFIX, prefix_aligned_batch
+
+    prefix = [7, 8, 9, 10, 11]
+    ids, mask = prefix_aligned_batch([prefix + [1, 2, 3], prefix + [4], prefix + [5, 6]], pad_id=0)
+    assert ids.tolist() == [prefix + [1, 2, 3], prefix + [0, 0, 4], prefix + [0, 5, 6]]
+    assert mask.tolist() == [[1] * 8, [1] * 5 + [0, 0, 1], [1] * 5 + [0, 1, 1]]
+    # every row keeps its last token after the prefix; a prefix that is a whole prompt is cut by one
+    ids, mask = prefix_aligned_batch([prefix, prefix + [1]], pad_id=0)
+    assert ids.tolist() == [prefix[:4] + [0, 11], prefix + [1]] and mask[0].tolist() == [1] * 4 + [0, 1]
+    # too short a prefix to share: plain left padding
+    short = [1] * (MIN_SHARED_PREFIX - 1)
+    ids, mask = prefix_aligned_batch([short + [2, 3], short + [4]], pad_id=0)
+    assert ids.tolist() == [short + [2, 3], [0] + short + [4]]
+
+
+def test_common_prefix_prefilled_once_gives_the_greedy_tokens_of_left_padding(tiny_model_path):
+    """Prompts sharing the chat template's system prompt: the prefix is run once (one row), the rest once
+    per prompt, and decoding writes what `generate` writes on the same prompts left-padded: greedy, and
+    sampled with the same seed (a random tiny model's greedy tokens barely depend on the prompt)."""
+    import os
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ntp_rl.generation import Decoding, encode_prompts, generate, sampling_processors
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    prompts = ["What is 2 + 2?", "Name a colour, please.", "Count to three in French, then stop."]
+    encoded = encode_prompts(tokenizer, prompts)
+    common = len(os.path.commonprefix(encoded))
+    assert common >= 8  # the template's system prompt
+    embedded: list[tuple[int, ...]] = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda module, args, output: embedded.append(tuple(args[0].shape))
+    )
+    greedy = generate(model, tokenizer, prompts, Decoding(max_new_tokens=8), batch_size=3)
+    hook.remove()
+    width = max(map(len, encoded))
+    assert embedded[:3] == [(1, common), (3, width - 1 - common), (3, 1)]
+    sampled = generate(model, tokenizer, prompts, Decoding(temperature=1.0, max_new_tokens=8, seed=3), 3)
+
+    order = sorted(range(3), key=lambda i: -len(encoded[i]))  # as generate batches them
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in order])
+    mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in order])
+    plain = {"input_ids": input_ids, "attention_mask": mask, "max_new_tokens": 8, "pad_token_id": pad}
+    out_greedy = model.generate(**plain, do_sample=False)[:, width:]
+    torch.manual_seed(3 * 100_003)
+    out_sampled = model.generate(**plain, **sampling_processors(1.0))[:, width:]
+    for r, i in enumerate(order):
+        for ours, theirs in ((greedy, out_greedy), (sampled, out_sampled)):
+            ids = ours[i].token_ids[0]
+            assert ids == theirs[r].tolist()[: len(ids)]
+
+
 def test_eval_generate_samples_what_num_return_sequences_samples(tiny_model_path):
     """ntp-rl's batched `generate` (prompts prefilled once for their samples) draws the tokens that
     transformers' `generate` draws with `num_return_sequences` and the same sampler."""
