@@ -12,7 +12,8 @@ How an answer is read:
    `\\boxed{42}`), they are compared exactly as decimals, in this process (a few microseconds).
 3. Otherwise math-verify parses and compares, in a child process with a deadline (see
    `_math_worker.py`): a sample past `MATH_VERIFY_TIMEOUT_SECONDS` scores 0.0 and counts as a parse
-   failure ("timeout"). The round trip to the child is small beside math-verify's own work.
+   failure ("timeout"). The round trip to the child is small beside math-verify's own work. Its
+   replies are remembered per (answer, gold), timeouts excepted: an eval asks twice per completion.
 
 A gold answer that cannot be parsed is a data error (`GoldAnswerError`), never a free reward or a
 silently skipped row; `check_gold_answers` finds such rows before training.
@@ -122,8 +123,7 @@ def score_math_answer(
     if number is not None and isinstance(gold_value, Decimal):
         return MathScore(number == gold_value, False, candidate.strip()[:_EXTRACTED_MAX_CHARS])
 
-    request = {"op": "score", "text": candidate, "gold": gold_text, "answer_line": from_answer_line}
-    reply = WORKER.request(request, timeout_seconds)
+    reply = _verify(candidate, gold_text, from_answer_line, timeout_seconds)
     if reply is None:
         return MathScore(False, True, None, "timeout")
     if "error" in reply:
@@ -136,6 +136,27 @@ def score_math_answer(
     if not reply["parsed"]:
         return MathScore(False, True, reply["extracted"], "unparseable")
     return MathScore(reply["correct"], False, reply["extracted"])
+
+
+# math-verify's replies by (answer, gold, from an `Answer:` line): an eval checks each completion twice
+# (its verdict, then `math_accuracy` as a reward), and samples repeat answers. Bounded; oldest out.
+_REPLIES: dict[tuple[str, str, bool], dict] = {}
+_REPLIES_MAX = 8192
+
+
+def _verify(candidate: str, gold_text: str, from_answer_line: bool, timeout_seconds: float) -> dict | None:
+    """math-verify's reply for one answer and gold, remembered; None (a timeout or a dead child) is not,
+    so the next call tries again."""
+    key = (candidate, gold_text, from_answer_line)
+    if key in _REPLIES:
+        return _REPLIES[key]
+    request = {"op": "score", "text": candidate, "gold": gold_text, "answer_line": from_answer_line}
+    reply = WORKER.request(request, timeout_seconds)
+    if reply is not None:
+        if len(_REPLIES) >= _REPLIES_MAX:
+            del _REPLIES[next(iter(_REPLIES))]
+        _REPLIES[key] = reply
+    return reply
 
 
 def math_accuracy(

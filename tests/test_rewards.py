@@ -181,6 +181,26 @@ def test_fast_path_is_cheap():
     assert time.perf_counter() - start < 1.0  # about 10 us per sample; 500 us would mean no fast path
 
 
+def test_math_verify_replies_are_remembered_but_timeouts_are_not(monkeypatch, short_deadline):
+    """An eval checks each completion twice (verdict, then the reward): math-verify runs once per answer."""
+    from ntp_rl.rewards._math_worker import WORKER
+
+    sent: list[str] = []
+    request = WORKER.request
+    monkeypatch.setattr(reward_math, "_REPLIES", {})
+    monkeypatch.setattr(
+        WORKER, "request", lambda message, timeout: sent.append(message["text"]) or request(message, timeout)
+    )
+    text = "So the result is \\frac{6}{4}."  # no Answer: line and not a plain number: math-verify
+    first = score_math_answer(text, "1.5")
+    assert math_accuracy([text, text], answer=["1.5", "1.5"]) == [1.0, 1.0]
+    assert first.correct and len(sent) == 1
+    assert not score_math_answer(text, "2").correct and len(sent) == 2  # another gold: asked again
+    slow = "Answer: 9**9**9**9"
+    assert score_math_answer(slow, "5").failure == "timeout" == score_math_answer(slow, "5").failure
+    assert sent.count("9**9**9**9") == 2  # a timeout is tried again, not remembered
+
+
 # Inputs built to be slow: each must come back within the deadline plus the child's restart.
 PATHOLOGICAL = [
     "1" * 100_000,
