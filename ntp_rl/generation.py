@@ -124,7 +124,8 @@ def shared_prompt_prefill(model):
     gives its rows (from the attention mask, so padding between the prefix and the rest is skipped),
     expands the KV cache to every row, and hands it to `generate`, which then starts from the last
     prompt token: the same logits at every step (up to float round-off), the same random draws. Calls
-    with other tensor inputs (images), a cache of their own, or nothing shared run as they are.
+    with other tensor inputs (images), a cache of their own, `num_return_sequences` > 1, or nothing
+    shared run as they are.
     """
     import torch
 
@@ -133,8 +134,12 @@ def shared_prompt_prefill(model):
 
     def generate(*args, input_ids=None, attention_mask=None, **kwargs):
         others = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+        config = kwargs.get("generation_config")
+        expands = (kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1) > 1
         if args or input_ids is None or attention_mask is None or others or kwargs.get(cache_kw) is not None:
             return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if expands:  # `generate` would repeat the rows after the cache was built for them
+            return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         width = input_ids.size(1)
         if width < 2:
             return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

@@ -418,6 +418,24 @@ def test_common_prefix_prefilled_once_gives_the_greedy_tokens_of_left_padding(ti
             assert ids == theirs[r].tolist()[: len(ids)]
 
 
+def test_shared_prefill_leaves_num_return_sequences_to_generate(tiny_model_path):
+    """`generate` repeats rows for `num_return_sequences` after any cache was built: the wrapper steps aside."""
+    from transformers import AutoModelForCausalLM
+
+    from ntp_rl.generation import prefix_aligned_batch, shared_prompt_prefill
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    prefix = list(range(100, 110))
+    input_ids, mask = prefix_aligned_batch([prefix + [5, 6, 7], prefix + [8]], pad_id=2)
+    settings = {"max_new_tokens": 5, "do_sample": True, "num_return_sequences": 2, "pad_token_id": 2}
+    torch.manual_seed(0)
+    plain = model.generate(input_ids=input_ids, attention_mask=mask, **settings)
+    with shared_prompt_prefill(model):
+        torch.manual_seed(0)
+        shared = model.generate(input_ids=input_ids, attention_mask=mask, **settings)
+    assert shared.shape[0] == 4 and torch.equal(shared, plain)
+
+
 def test_eval_generate_samples_what_num_return_sequences_samples(tiny_model_path):
     """ntp-rl's batched `generate` (prompts prefilled once for their samples) draws the tokens that
     transformers' `generate` draws with `num_return_sequences` and the same sampler."""
