@@ -243,22 +243,52 @@ class InverseCdfSampler:
     transformers samples with `torch.multinomial`, which on a CPU draws one exponential random number
     per vocabulary entry and row at every step: for a 49k-token vocabulary that costs more than the
     softmax and, on a small model, a large part of the decoding step (docs/LOG.md). This draws one
-    uniform number per row instead and inverts the cumulative distribution (summed in float64, so that the
-    last entries' probabilities are not lost to rounding): the same distribution, other random numbers.
-    It returns scores that are -inf everywhere but at the drawn token, so `generate`'s greedy argmax
-    picks that token; the temperature and top-p warpers run before it (`sampling_processors`).
+    uniform number per row instead and inverts the cumulative distribution in two levels: over blocks
+    of `SAMPLER_BLOCK` tokens (each block's probability summed in float64), then within the chosen
+    block (a float64 cumulative sum of its entries). The same distribution as one cumulative sum over
+    the vocabulary, without writing a float64 copy of every probability at every step. A block or
+    token of zero probability is never drawn. It returns scores that are -inf everywhere but at the
+    drawn token, so `generate`'s greedy argmax picks that token; the temperature and top-p warpers run
+    before it (`sampling_processors`).
     """
 
     def __call__(self, input_ids, scores):
         import torch
 
-        probs = torch.softmax(scores.float(), dim=-1)  # float32, as transformers' own sampling
-        cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-        u = torch.rand((scores.size(0), 1), dtype=torch.float64, device=scores.device) * cdf[:, -1:]
-        # right=True: the first entry whose cumulative probability exceeds u (never one of zero mass)
-        token = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.size(-1) - 1)
         drawn = torch.full_like(scores, float("-inf"))
-        return drawn.scatter_(1, token, 0.0)
+        return drawn.scatter_(1, inverse_cdf_draw(scores), 0.0)
+
+
+# Tokens per block of the sampler's first level: a few hundred blocks and a few hundred tokens in the
+# chosen one, so that both levels' float64 sums are short.
+SAMPLER_BLOCK = 256
+
+
+def inverse_cdf_draw(scores):
+    """One token per row of `scores` (logits), drawn from softmax(scores) with one uniform number per row."""
+    import torch
+
+    probs = torch.softmax(scores.float(), dim=-1)  # float32, as transformers' own sampling
+    rows, vocab = probs.shape
+    blocks = -(-vocab // SAMPLER_BLOCK)
+    if blocks * SAMPLER_BLOCK != vocab:
+        probs = torch.nn.functional.pad(probs, (0, blocks * SAMPLER_BLOCK - vocab))
+    grid = probs.view(rows, blocks, SAMPLER_BLOCK)
+    block_cdf = grid.sum(-1, dtype=torch.float64).cumsum(-1)
+    u = torch.rand((rows, 1), dtype=torch.float64, device=scores.device) * block_cdf[:, -1:]
+    # right=True: the first block (then token) whose cumulative probability exceeds u, never one of
+    # zero mass.
+    block = torch.searchsorted(block_cdf, u, right=True).clamp_(max=blocks - 1)
+    low = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(u))
+    high = block_cdf.gather(1, block)
+    within = grid[torch.arange(rows, device=scores.device), block.squeeze(1)].cumsum(-1, dtype=torch.float64)
+    total = within[:, -1:]
+    # u's place inside its block, on the block's own cumulative sum (the two sums of one block can
+    # differ in the last bit); kept below the block's total so that a token of the block is drawn.
+    target = ((u - low) / (high - low)).clamp_(max=1.0) * total
+    target = torch.minimum(target, total * (1.0 - 2.0**-50))
+    inner = torch.searchsorted(within, target, right=True).clamp_(max=SAMPLER_BLOCK - 1)
+    return block * SAMPLER_BLOCK + inner
 
 
 def sampling_processors(temperature: float, top_p: float = 1.0):

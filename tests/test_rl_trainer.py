@@ -490,6 +490,27 @@ def test_inverse_cdf_sampler_draws_from_the_tempered_softmax():
     assert counts[4] > 0  # the rare token (p ~ 2e-4) is drawn about as often as it should be
 
 
+def test_two_level_draw_across_blocks_a_ragged_vocabulary_and_zero_mass_tokens():
+    """The sampler's blocks: mass spread over several blocks and a last, partial block, every other
+    token impossible; frequencies match the softmax and no impossible token is ever drawn."""
+    from ntp_rl.generation import SAMPLER_BLOCK, inverse_cdf_draw
+
+    vocab = 3 * SAMPLER_BLOCK + 37  # the last block is padded
+    scores = torch.full((vocab,), float("-inf"))
+    chosen = torch.tensor([0, SAMPLER_BLOCK - 1, SAMPLER_BLOCK + 1, 2 * SAMPLER_BLOCK + 5, vocab - 1])
+    scores[chosen] = torch.tensor([1.0, 0.5, 0.0, -6.0, 0.8])
+    scores[1 : 3 * SAMPLER_BLOCK : 2] = torch.maximum(scores[1 : 3 * SAMPLER_BLOCK : 2], torch.tensor(-1.0))
+    draws = 200_000
+    torch.manual_seed(0)
+    tokens = inverse_cdf_draw(scores.repeat(draws, 1)).squeeze(1)
+    counts = torch.bincount(tokens, minlength=vocab).double()
+    expected = torch.softmax(scores, dim=0).double() * draws
+    assert counts[expected == 0].sum() == 0  # never a token of zero probability
+    sigma = (expected * (1 - expected / draws)).sqrt()
+    assert ((counts - expected).abs() <= 5 * sigma + 1).all()
+    assert counts[vocab - 1] > 0 and counts[2 * SAMPLER_BLOCK + 5] > 0  # the ragged block, the rare token
+
+
 def test_top_p_leaves_only_the_nucleus():
     from ntp_rl.generation import sampling_processors
 
