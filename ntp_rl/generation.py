@@ -135,13 +135,12 @@ def shared_prompt_prefill(model):
     def generate(*args, input_ids=None, attention_mask=None, **kwargs):
         others = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
         config = kwargs.get("generation_config")
+        # `generate` would repeat the rows for num_return_sequences after the cache was built for them.
         expands = (kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1) > 1
         if args or input_ids is None or attention_mask is None or others or kwargs.get(cache_kw) is not None:
             return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if expands:  # `generate` would repeat the rows after the cache was built for them
-            return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         width = input_ids.size(1)
-        if width < 2:
+        if expands or width < 2:
             return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         # Leading columns identical in every row and unmasked; the last prompt token stays uncached.
         same = (input_ids == input_ids[:1]).all(0) & (attention_mask == 1).all(0)
