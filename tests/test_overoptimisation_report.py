@@ -66,7 +66,14 @@ class _Images(HTMLParser):
 def test_the_stage_curve_reaches_the_report(tmp_path):
     data = read_curve(_stage(tmp_path))
     assert data["proxy"] == "reward_model" and data["gold"] == "math_accuracy"
-    assert data["peak_step"] == 25 and data["flagged_at_step"] == 35 and data["samples"] == 256
+    assert data["peak_step"] == 25 and data["samples"] == 256
+    # The proxy up 0.5 (more than 3 x 1.2 x sqrt(2 / 256) = 0.32) while the gold fell 0.08: a stall at
+    # 30; the fall clears 3 combined standard errors at 35.
+    assert data["flagged_kind"] == "stall" and data["flagged_at_step"] == 30
+    assert [(w["kind"], w["peak_step"], w["at_step"]) for w in data["warnings"]] == [
+        ("stall", 25, 30),
+        ("fall", 25, 35),
+    ]
     assert [p["step"] for p in data["curve"]] == [5 * i for i in range(10)]
     assert [round(p["sqrt_kl"], 6) for p in data["curve"]] == [round(0.1 * i, 6) for i in range(10)]
     assert read_curve(tmp_path / "missing") is None and read_curve(None) is None
@@ -83,8 +90,22 @@ def test_markdown_has_a_row_per_evaluation_and_says_where_it_flagged(tmp_path):
     peak = next(row for row in rows if row.startswith("| 25 |"))
     # KL 0.25, sqrt 0.5; gold 0.6 +- 1.96 * 0.49 / 16; proxy 2.5 +- 1.96 * 1.2 / 16
     assert "| 0.2500 | 0.500 | 0.600 [0.540, 0.660] | 2.500 [2.353, 2.647] | gold's best |" in peak
-    assert next(row for row in rows if row.startswith("| 35 |")).endswith("| flagged |")
+    assert next(row for row in rows if row.startswith("| 30 |")).endswith("| flagged: stall |")
+    assert next(row for row in rows if row.startswith("| 35 |")).endswith("| flagged: fall |")
+    assert "flagged a stall at step 30, sqrt(KL) 0.600:" in section and "1 evaluation earlier" in section
     assert "flagged a fall at step 35, sqrt(KL) 0.700:" in section and "2 evaluations earlier" in section
+
+
+def test_a_stage_recorded_before_stall_warnings_reads_as_a_fall(tmp_path):
+    stage = _stage(tmp_path)
+    results = json.loads((stage / "COMPLETE").read_text())
+    heldout = results["overoptimisation"]["heldout"]
+    for key in ("warnings", "flagged_kind"):
+        del heldout[key]
+    heldout["flagged_peak_step"], heldout["flagged_at_step"] = 25, 35
+    (stage / "COMPLETE").write_text(json.dumps(results))
+    section = render_markdown(_report({"rl": read_curve(stage)}))
+    assert "flagged a fall at step 35" in section and "flagged a stall" not in section
     assert "## Over-optimisation" not in render_markdown(_report({}))
 
 

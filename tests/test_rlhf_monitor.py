@@ -13,6 +13,7 @@ from ntp_rl.stages.overoptimisation import (
     OveroptimisationMonitor,
     detect_divergence,
     heldout_peak_fall,
+    heldout_stall,
     monitor_for,
     slope_t,
 )
@@ -123,6 +124,8 @@ EVAL_STEPS = 5
 HELDOUT_SAMPLES = 256  # e.g. 32 held-out prompts x 8 completions
 GOLD_SD = 0.49  # a 0/1 gold near 0.6
 STANDARD_ERROR = GOLD_SD / math.sqrt(HELDOUT_SAMPLES)  # of one held-out mean
+PROXY_SD = 0.8  # the raw proxy's spread over samples, as logged
+PROXY_STANDARD_ERROR = PROXY_SD / math.sqrt(HELDOUT_SAMPLES)
 
 
 def _evaluate(monitor: OveroptimisationMonitor, golds, proxies, kls=None) -> None:
@@ -134,7 +137,7 @@ def _evaluate(monitor: OveroptimisationMonitor, golds, proxies, kls=None) -> Non
             "eval_rewards/reward_model/mean": 0.0,
             "eval_rewards/reward_model/std": 0.3,  # of the normalised scores: not the raw ones'
             "eval_reward_model/raw_mean": proxy,
-            "eval_reward_model/raw_std": 0.8,
+            "eval_reward_model/raw_std": PROXY_SD,
         }
         if kls is not None:
             logs["eval_kl"] = kls[i]
@@ -191,22 +194,75 @@ def test_no_flag_while_the_gold_rises_or_stays_flat():
     assert _first_flag([0.6 - 0.05 * i for i in range(8)], [1.0 - 0.1 * i for i in range(8)]) is None
 
 
-def _false_alarm_rate(trials: int, evaluations: int, gold_slope: float, seed: int) -> float:
-    """Share of simulated runs flagged: the gold a trend plus one held-out mean's noise, the proxy noise."""
+def _warning_rate(
+    trials: int, evaluations: int, gold_slope: float, seed: int, proxy_slope: float = 0.0
+) -> float:
+    """Share of simulated runs warned: gold and proxy each a trend plus one held-out mean's noise."""
     rng = random.Random(seed)
-    flagged = 0
+    warned = 0
     for _ in range(trials):
         golds = [0.4 + gold_slope * i + rng.gauss(0.0, STANDARD_ERROR) for i in range(evaluations)]
-        proxies = [rng.gauss(0.0, 0.1) for _ in range(evaluations)]
-        flagged += _first_flag(golds, proxies) is not None
-    return flagged / trials
+        proxies = [proxy_slope * i + rng.gauss(0.0, PROXY_STANDARD_ERROR) for i in range(evaluations)]
+        warned += _first_flag(golds, proxies) is not None
+    return warned / trials
 
 
 def test_few_false_alarms_on_noisy_flat_and_rising_golds():
-    # A flat gold, 10 evaluations: the test at 2 standard errors would flag about 1 run in 4.
-    assert _false_alarm_rate(2000, 10, 0.0, seed=1) < 0.04
+    # A flat gold and a flat proxy, 10 evaluations: the test at 2 standard errors would flag about 1
+    # run in 4.
+    assert _warning_rate(2000, 10, 0.0, seed=1) < 0.04
     # A gold rising by one standard error per evaluation.
-    assert _false_alarm_rate(2000, 12, STANDARD_ERROR, seed=2) < 0.005
+    assert _warning_rate(2000, 12, STANDARD_ERROR, seed=2) < 0.01
+
+
+def test_the_stall_warning_follows_the_gold_against_the_proxy():
+    """A proxy rising by 2 of its standard errors per evaluation (docs/rlhf.md has these rates)."""
+    rise = 2 * PROXY_STANDARD_ERROR
+    # The gold flat: optimising the proxy does not pay, which is what the stall says.
+    assert _warning_rate(500, 10, 0.0, seed=3, proxy_slope=rise) > 0.95
+    # The gold rising with it: the faster, the rarer the warning; below its noise, often.
+    rates = [_warning_rate(1000, 10, k * STANDARD_ERROR, seed=4, proxy_slope=rise) for k in (1, 2, 4)]
+    assert rates[0] > rates[1] > rates[2] and rates[0] > 0.1 and rates[2] < 0.01
+
+
+def test_heldout_stall_by_hand():
+    # Proxy spread 0.5 over 100 samples: its rise must exceed 3 * sqrt(0.5 ** 2 * 2 / 100) = 0.212.
+    assert heldout_stall([0.5, 0.6, 0.6], [1.0, 1.1, 1.35], [0.5] * 3, samples=100) == 1
+    assert heldout_stall([0.5, 0.6, 0.6], [1.0, 1.1, 1.3], [0.5] * 3, samples=100) is None  # 0.2
+    assert heldout_stall([0.5, 0.6, 0.61], [1.0, 1.1, 1.35], [0.5] * 3, samples=100) is None  # rose
+    assert heldout_stall([0.6, 0.5, 0.55], [1.0, 1.1, 1.35], [0.5] * 3, samples=100) == 0
+    assert heldout_stall([0.5, 0.6, 0.6], [1.0, 1.1, 1.35], [0.5, None, 0.5], samples=100) is None
+    assert heldout_stall([0.6], [1.0], [0.5], samples=100) is None
+
+
+def test_a_plateau_before_the_fall_is_flagged_one_evaluation_after_the_peak(caplog):
+    """The held-out series of a run of recipes/rlhf_overoptimisation.yaml (seed 42, docs/LOG.md): the
+    gold at 0.795 / 0.789 / 0.778 at steps 12-20 (within one standard error of each other), 0.682 at
+    24, while the proxy rose by about 4 of its standard errors per evaluation until step 20."""
+    gold = [0.482, 0.635, 0.710, 0.795, 0.789, 0.778, 0.682, 0.658]
+    gold_sd = [0.165, 0.128, 0.112, 0.057, 0.068, 0.065, 0.083, 0.092]
+    proxy = [-0.306, 2.414, 3.197, 3.723, 4.107, 4.306, 4.292, 4.265]
+    proxy_sd = [1.377, 1.243, 0.905, 0.754, 0.619, 0.640, 0.555, 0.558]
+    monitor = OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=96)
+    with caplog.at_level("WARNING"):
+        for i in range(len(gold)):
+            logs = {
+                "eval_rewards/review_warmth/mean": gold[i],
+                "eval_rewards/review_warmth/std": gold_sd[i],
+                "eval_reward_model/raw_mean": proxy[i],
+                "eval_reward_model/raw_std": proxy_sd[i],
+                "eval_rewards/reward_model/mean": 0.0,
+            }
+            monitor.on_log(None, SimpleNamespace(global_step=4 * i), None, logs=logs)
+    heldout = monitor.result()["heldout"]
+    assert heldout["peak_step"] == 12
+    assert heldout["flagged_kind"] == "stall" and heldout["flagged_at_step"] == 16
+    assert heldout["warnings"] == [
+        {"kind": "stall", "peak_step": 12, "at_step": 16},
+        {"kind": "fall", "peak_step": 12, "at_step": 24},
+    ]
+    assert "did not rise above its best so far (0.795 at step 12; 0.789 now)" in caplog.text
+    assert sum("held-out prompts" in r.message for r in caplog.records) == 2  # each kind once
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -154,7 +154,10 @@ def plot_training_curves(curves: dict[str, dict[str, list]]) -> str | None:
 
 def plot_overoptimisation(curves: dict[str, dict[str, Any]]) -> str | None:
     """Gold (left axis) and proxy (right axis) against sqrt(KL) to the start, per rl checkpoint: Gao et
-    al.'s Figure 1. Bars: 95 % intervals. Dotted: the gold's best; dashed: where the monitor flagged."""
+    al.'s Figure 1. Bars: 95 % intervals. Dotted: the gold's best; dash-dotted and dashed: where the
+    monitor flagged a stall and a fall."""
+    from ntp_rl.evaluation.overoptimisation_curve import warnings_of
+
     curves = {label: data for label, data in curves.items() if data.get("curve")}
     if not curves:
         return None
@@ -182,10 +185,10 @@ def plot_overoptimisation(curves: dict[str, dict[str, Any]]) -> str | None:
             handles.append(
                 ax.axvline(where[data["peak_step"]], color="C0", linestyle=":", label="gold's best")
             )
-        if data.get("flagged_at_step") in where:
-            handles.append(
-                ax.axvline(where[data["flagged_at_step"]], color="C3", linestyle="--", label="flagged")
-            )
+        for kind, _, at in warnings_of(data):
+            if at in where:
+                style = "--" if kind == "fall" else "-."
+                handles.append(ax.axvline(where[at], color="C3", linestyle=style, label=f"flagged: {kind}"))
         ax.set_xlabel("sqrt(KL to the start, per token)" if by_kl else "step (no KL recorded)")
         ax.set_title(f"over-optimisation: {label} (held-out)")
         # Below the axes: inside, the two axes' points would run under it.

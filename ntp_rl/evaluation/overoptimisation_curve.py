@@ -25,6 +25,8 @@ CARRIED = (
     "peak_step",
     "flagged_peak_step",
     "flagged_at_step",
+    "flagged_kind",
+    "warnings",
 )
 HEADER = ["step", "KL / token", "sqrt(KL)", "gold [95% CI]", "proxy [95% CI]", "mark"]
 
@@ -62,8 +64,7 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
         marks = []
         if point["step"] == data.get("peak_step"):
             marks.append("gold's best")
-        if point["step"] == data.get("flagged_at_step"):
-            marks.append("flagged")
+        marks += [f"flagged: {kind}" for kind, _, at in warnings_of(data) if at == point["step"]]
         out.append(
             [
                 str(point["step"]),
@@ -92,16 +93,40 @@ def headline(label: str, data: dict[str, Any]) -> str:
         f"each; intervals 95 %), against sqrt of the mean per-token KL from the policy to its start "
         f"({data.get('kl_estimator') or '-'} estimator). The gold's best: {_x(data, data.get('peak_step'))}."
     )
-    flagged = data.get("flagged_at_step")
-    if flagged is None:
-        return text + " The over-optimisation monitor did not flag a fall."
-    peak = data.get("flagged_peak_step")
-    later = evaluations.index(flagged) - evaluations.index(peak) if peak in evaluations else None
-    text += (
-        f" The monitor flagged a fall at {_x(data, flagged)}: the gold below its best so far ({_x(data, peak)}"
-        + (f"; {later} evaluation{'s' if later != 1 else ''} earlier" if later is not None else "")
-        + f") by more than {_num(data.get('min_z'), 1)} combined standard errors, the proxy not below its value there."
-    )
-    if peak != data.get("peak_step"):
-        text += " The gold later rose above that best again: the fall did not last."
+    warnings = warnings_of(data)
+    if not warnings:
+        return text + " The over-optimisation monitor did not warn."
+    for kind, peak, at in warnings:
+        later = evaluations.index(at) - evaluations.index(peak) if {peak, at} <= set(evaluations) else None
+        since = f" ({_x(data, peak)}" + (
+            f"; {later} evaluation{'s' if later != 1 else ''} earlier)" if later is not None else ")"
+        )
+        z = _num(data.get("min_z"), 1)
+        if kind == "fall":
+            text += (
+                f" The monitor flagged a fall at {_x(data, at)}: the gold below its best so far{since} by "
+                f"more than {z} combined standard errors, the proxy not below its value there."
+            )
+        else:
+            text += (
+                f" The monitor flagged a stall at {_x(data, at)}: the proxy up by more than {z} combined "
+                f"standard errors since the gold's best so far{since}, the gold no higher."
+            )
+    if warnings[0][1] != data.get("peak_step"):
+        text += " The gold later rose above the best the first warning referred to."
     return text
+
+
+def warnings_of(data: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(kind, the gold's best it refers to, the step that warned) per warning, first first.
+
+    A stage recorded before stall warnings existed has only the fall's `flagged_*` keys.
+    """
+    recorded = data.get("warnings")
+    if isinstance(recorded, list):
+        return [
+            (w.get("kind"), w.get("peak_step"), w.get("at_step")) for w in recorded if isinstance(w, dict)
+        ]
+    if data.get("flagged_at_step") is None:
+        return []
+    return [("fall", data.get("flagged_peak_step"), data.get("flagged_at_step"))]

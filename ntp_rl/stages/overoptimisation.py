@@ -13,14 +13,21 @@ With `eval_examples` on the rl stage, TRL's own evaluation loop also samples and
 held-out prompts (before the first step and every `eval_steps`; `eval_rewards/<name>/mean` and `/std`
 in the logs) and logs `eval_kl`, the mean per-token KL from the policy to its start on those
 completions (heldout_kl.py: for any beta). Per-step means of a few dozen training samples move a lot
-from step to step; the held-out ones are the same prompts every time. At each evaluation
-`heldout_peak_fall` asks whether the held-out gold has fallen below its best so far by more than
-`HELDOUT_MIN_Z` combined standard errors (each from its logged spread over the samples) while the
-proxy is not below its value at that best; the monitor warns once, at the first such evaluation,
-and records the step of the gold's best value (`peak_step`) and of the warning (`flagged_at_step`).
-The best so far is the largest of several noisy means, and the test is repeated at every
+from step to step; the held-out ones are the same prompts every time. At each evaluation two
+questions are asked of the held-out series, each against the gold's best value so far, and each
+warns once:
+- **stall** (`heldout_stall`): the proxy has risen since the gold's best by more than
+  `HELDOUT_MIN_Z` combined standard errors and the gold is no higher than that best: optimising the
+  proxy has stopped paying in the gold. The first sign of a turn, and a noisy one: a gold that still
+  rises by less than its own noise per evaluation trips it too (docs/rlhf.md has the rates).
+- **fall** (`heldout_peak_fall`): the gold is below its best by more than `HELDOUT_MIN_Z` combined
+  standard errors (each from its logged spread over the samples) while the proxy is not below its
+  value at that best: the gold has turned, beyond its noise.
+The best so far is the largest of several noisy means, and the tests are repeated at every
 evaluation: the 2 standard errors of a single comparison would flag a flat gold too often
-(docs/rlhf.md has the false-alarm rates). `curve` holds, per evaluation, the step, KL and sqrt(KL),
+(docs/rlhf.md has the false-alarm rates). The monitor records each warning (`warnings`: kind, the
+step of the gold's best it refers to, the step that warned) and the first of them (`flagged_kind`,
+`flagged_peak_step`, `flagged_at_step`). `curve` holds, per evaluation, the step, KL and sqrt(KL),
 and the gold and proxy means with their 95 % intervals: Gao et al.'s Figure 1, which the eval
 report plots.
 
@@ -123,6 +130,29 @@ def heldout_peak_fall(
     return best if fell > min_z * standard_error and proxy[-1] >= proxy[best] else None
 
 
+def heldout_stall(
+    gold: Sequence[float],
+    proxy: Sequence[float],
+    proxy_std: Sequence[float | None],
+    samples: int,
+    min_z: float = HELDOUT_MIN_Z,
+) -> int | None:
+    """Index of the gold's best earlier value when the proxy has since risen by > min_z standard errors
+    and the last gold is no higher than that best, else None.
+
+    Standard error of the proxy's rise: sqrt((std_best^2 + std_last^2) / samples). None where either
+    spread was not logged.
+    """
+    if len(gold) < 2 or samples < 2:
+        return None
+    earlier = gold[:-1]
+    best = max(i for i, value in enumerate(earlier) if value == max(earlier))
+    if gold[-1] > gold[best] or not (_finite(proxy_std[best]) and _finite(proxy_std[-1])):
+        return None
+    standard_error = math.sqrt((proxy_std[best] ** 2 + proxy_std[-1] ** 2) / samples)
+    return best if proxy[-1] - proxy[best] > min_z * standard_error else None
+
+
 def heldout_curve(heldout: dict[str, list[Any]], samples: int) -> list[dict[str, Any]]:
     """Per held-out evaluation: step, KL and sqrt(KL), gold and proxy means with 95 % interval half-widths.
 
@@ -173,6 +203,8 @@ class OveroptimisationMonitor(TrainerCallback):
         self.heldout: dict[str, list[Any]] = {
             key: [] for key in ("step", "gold", "gold_std", "proxy", "proxy_std", "kl")
         }
+        # Held-out warnings, each kind once: {"kind": "stall" | "fall", "peak_step", "at_step"}.
+        self.warnings: list[dict[str, Any]] = []
         self.peak_step: int | None = None  # of the first warning's gold peak
         self.flagged_at_step: int | None = None
 
@@ -197,28 +229,58 @@ class OveroptimisationMonitor(TrainerCallback):
             h[key].append(float(value))
         h["proxy_std"].append(float(proxy_std) if _finite(proxy_std) else None)
         h["kl"].append(float(kl) if _finite(kl) else None)
-        if self.flagged_at_step is not None:
-            return
-        peak = heldout_peak_fall(h["gold"], h["gold_std"], h["proxy"], self.heldout_samples)
-        if peak is None:
-            return
-        self.peak_step, self.flagged_at_step = h["step"][peak], int(step)
-        logger.warning(
-            "reward over-optimisation on held-out prompts: the gold reward %s fell from %.3f at step %d "
-            "(its best so far) to %.3f at step %d, more than %g standard errors of %d samples each, while "
-            "the learned reward %s went from %.3f to %.3f. Consider a larger KL coefficient "
-            "(trainer.beta), fewer steps, or a better reward model.",
-            self.gold,
-            h["gold"][peak],
-            self.peak_step,
-            h["gold"][-1],
-            step,
-            HELDOUT_MIN_Z,
-            self.heldout_samples,
-            self.proxy,
-            h["proxy"][peak],
-            h["proxy"][-1],
-        )
+        warned = {w["kind"] for w in self.warnings}
+        if "fall" not in warned:
+            peak = heldout_peak_fall(h["gold"], h["gold_std"], h["proxy"], self.heldout_samples)
+            if peak is not None:
+                self._warn("fall", peak, int(step))
+                logger.warning(
+                    "reward over-optimisation on held-out prompts: the gold reward %s fell from %.3f at step "
+                    "%d (its best so far) to %.3f at step %d, more than %g standard errors of %d samples "
+                    "each, while the learned reward %s went from %.3f to %.3f. Consider a larger KL "
+                    "coefficient (trainer.beta), fewer steps, or a better reward model.",
+                    self.gold,
+                    h["gold"][peak],
+                    h["step"][peak],
+                    h["gold"][-1],
+                    step,
+                    HELDOUT_MIN_Z,
+                    self.heldout_samples,
+                    self.proxy,
+                    h["proxy"][peak],
+                    h["proxy"][-1],
+                )
+                return  # a fall says more than a stall at the same evaluation
+        if not warned:
+            peak = heldout_stall(h["gold"], h["proxy"], h["proxy_std"], self.heldout_samples)
+            if peak is not None:
+                self._warn("stall", peak, int(step))
+                logger.warning(
+                    "possible reward over-optimisation on held-out prompts: the learned reward %s rose from "
+                    "%.3f at step %d to %.3f at step %d, more than %g standard errors of %d samples each, "
+                    "while the gold reward %s did not rise above its best so far (%.3f at step %d; %.3f "
+                    "now). Optimising the reward model has stopped improving the gold here; a fall beyond "
+                    "its noise will be reported if it follows. Consider stopping at step %d's checkpoint, "
+                    "a larger KL coefficient (trainer.beta), or a better reward model.",
+                    self.proxy,
+                    h["proxy"][peak],
+                    h["step"][peak],
+                    h["proxy"][-1],
+                    step,
+                    HELDOUT_MIN_Z,
+                    self.heldout_samples,
+                    self.gold,
+                    h["gold"][peak],
+                    h["step"][peak],
+                    h["gold"][-1],
+                    h["step"][peak],
+                )
+
+    def _warn(self, kind: str, peak: int, step: int) -> None:
+        peak_step = self.heldout["step"][peak]
+        self.warnings.append({"kind": kind, "peak_step": peak_step, "at_step": step})
+        if self.flagged_at_step is None:
+            self.peak_step, self.flagged_at_step = peak_step, step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -294,8 +356,11 @@ class OveroptimisationMonitor(TrainerCallback):
             # The gold's best value over all evaluations; a later, higher peak than the one warned
             # about (flagged_peak_step) means the fall did not last.
             "peak_step": self.heldout["step"][best],
+            # The first warning, of either kind, and every warning (at most one of each kind).
+            "flagged_kind": self.warnings[0]["kind"] if self.warnings else None,
             "flagged_peak_step": self.peak_step,
             "flagged_at_step": self.flagged_at_step,
+            "warnings": [dict(w) for w in self.warnings],
             "samples": self.heldout_samples,
             "min_z": HELDOUT_MIN_Z,
             "kl_estimator": self.kl_estimator,
