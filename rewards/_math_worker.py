@@ -4,8 +4,9 @@ math-verify bounds its own work with `signal.alarm`, which works only in the mai
 main interpreter; TRL may call rewards from other threads, and the eval harness may too. So the
 rewards call math-verify with its timeouts disabled, in one long-lived child process, and wait for
 each answer with a deadline. A sample past its deadline is reported as timed out and the child is
-killed (a thread could not be) and started again. The child is started lazily on first use and
-serves one request at a time; a lock serialises callers.
+killed (a thread could not be) and started again. The child is started on first use, or earlier by
+`start()` so that its start overlaps the caller's own (the eval harness does, before loading a
+model); it serves one request at a time; a lock serialises callers.
 
 The child is a plain `python` subprocess that runs this file by path (not a `multiprocessing`
 spawn, which would re-import the user's `__main__`). It imports only the standard library until
@@ -152,6 +153,18 @@ class MathVerifyWorker:
                 self._replace()
                 return None
             return json.loads(line)
+
+    def start(self) -> None:
+        """Start the child now if none is running, without waiting for it to be ready.
+
+        Its imports (sympy, math-verify) then run on another core while the caller goes on, say
+        loading a model, instead of delaying the first request; that request waits for whatever is
+        left of the start.
+        """
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._kill()
+                self._start()
 
     def close(self) -> None:
         with self._lock:

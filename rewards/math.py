@@ -159,6 +159,13 @@ def _verify(candidate: str, gold_text: str, from_answer_line: bool, timeout_seco
     return reply
 
 
+def start_math_verify() -> None:
+    """Start math-verify's worker process now, without waiting: its start (sympy, math-verify) then
+    overlaps the caller's work, such as loading a model, instead of delaying the first answer that needs
+    it. Optional; the worker starts on first use anyway."""
+    WORKER.start()
+
+
 def math_accuracy(
     completions: list,
     answer: list[str],

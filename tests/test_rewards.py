@@ -260,6 +260,25 @@ def test_worker_survives_errors_and_a_killed_child():
     assert score_math_answer("Answer: \\frac{3}{4}", "0.75").correct
 
 
+def test_worker_started_ahead_does_not_wait_and_is_used_once_ready():
+    from ntp_rl.rewards._math_worker import WORKER
+    from ntp_rl.rewards.math import start_math_verify
+
+    WORKER.close()
+    restarts = WORKER.restarts
+    start_math_verify()
+    started = WORKER._process
+    assert started is not None and started.poll() is None and not WORKER._ready  # did not wait
+    start_math_verify()  # a running child is kept
+    assert WORKER._process is started
+    assert score_math_answer("Answer: \\frac{7}{28}", "0.25").correct  # waits for the start, then asks it
+    assert WORKER._process is started and WORKER._ready and WORKER.restarts == restarts
+    started.kill()
+    started.wait()
+    start_math_verify()  # a dead child is replaced
+    assert WORKER._process is not started and WORKER._process.poll() is None
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_starts_its_own_worker():
     from ntp_rl.rewards._math_worker import WORKER

@@ -293,6 +293,10 @@ def run_suite(
     extra_rows = load_extra_items(suite, data_base_dir, rows)
     scorers = resolve_scorers(suite, rows.column_names, suite_dir or data_base_dir)
     gold = gold_scorer(suite, scorers)
+    if suite.answer_check == "math":
+        from ntp_rl.rewards.math import start_math_verify
+
+        start_math_verify()  # its imports run beside the metric modules' and the model's loading
     modules = MetricModules(suite, suite_dir)
     prompts = list(rows["prompt"])
     decodings = _decodings(suite)
