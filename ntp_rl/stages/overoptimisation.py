@@ -260,7 +260,7 @@ class OveroptimisationMonitor(TrainerCallback):
                     "%.3f at step %d to %.3f at step %d, more than %g standard errors of %d samples each, "
                     "while the gold reward %s did not rise above its best so far (%.3f at step %d; %.3f "
                     "now). Optimising the reward model has stopped improving the gold here; a fall beyond "
-                    "its noise will be reported if it follows. Consider stopping at step %d's checkpoint, "
+                    "its noise will be reported if it follows. Consider the checkpoint nearest step %d, "
                     "a larger KL coefficient (trainer.beta), or a better reward model.",
                     self.proxy,
                     h["proxy"][peak],
