@@ -79,6 +79,10 @@ def test_callback_reads_trainer_logs_and_warns_once(caplog):
     result = monitor.result()
     assert result["detected"] is True and result["since_step"] == 6
     assert sum("over-optimisation" in r.message for r in caplog.records) == 1
+    assert monitor.summary() == (
+        "over-optimisation (training batches): the proxy reward_model rose while the gold math_accuracy "
+        "fell, since step 6"
+    )
 
 
 def test_callback_reads_a_normalised_reward_models_raw_mean():
@@ -263,6 +267,14 @@ def test_a_plateau_before_the_fall_is_flagged_one_evaluation_after_the_peak(capl
     ]
     assert "did not rise above its best so far (0.795 at step 12; 0.789 now)" in caplog.text
     assert sum("held-out prompts" in r.message for r in caplog.records) == 2  # each kind once
+    # Repeated in the run's closing summary (the rl stage's results).
+    assert monitor.summary().splitlines() == [
+        "over-optimisation (stall, held-out) at step 16: the proxy reward_model rose 3.723 -> 4.107, the "
+        "gold review_warmth not above its best (0.795 at step 12; 0.789 now)",
+        "over-optimisation (fall, held-out) at step 24: the gold review_warmth fell below its best beyond "
+        "its noise (0.795 at step 12; 0.682 now)",
+    ]
+    assert OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=96).summary() is None
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -348,6 +348,30 @@ class OveroptimisationMonitor(TrainerCallback):
             "heldout": self.heldout_result() if self.heldout["step"] else None,
         }
 
+    def summary(self) -> str | None:
+        """The warnings in a few lines, for the run's closing summary; None when there were none."""
+        lines = []
+        if self.warnings:
+            h = self.heldout
+            for warning in self.warnings:
+                best, at = h["step"].index(warning["peak_step"]), h["step"].index(warning["at_step"])
+                what = (
+                    f"the proxy {self.proxy} rose {h['proxy'][best]:.3f} -> {h['proxy'][at]:.3f}, the gold "
+                    f"{self.gold} not above its best"
+                    if warning["kind"] == "stall"
+                    else f"the gold {self.gold} fell below its best beyond its noise"
+                )
+                lines.append(
+                    f"over-optimisation ({warning['kind']}, held-out) at step {warning['at_step']}: {what} "
+                    f"({h['gold'][best]:.3f} at step {warning['peak_step']}; {h['gold'][at]:.3f} now)"
+                )
+        if self.since_step is not None:
+            lines.append(
+                f"over-optimisation (training batches): the proxy {self.proxy} rose while the gold "
+                f"{self.gold} fell, since step {self.since_step}"
+            )
+        return "\n".join(lines) if lines else None
+
     def heldout_result(self) -> dict[str, Any]:
         gold = self.heldout["gold"]
         best = max(i for i, value in enumerate(gold) if value == max(gold))

@@ -432,4 +432,6 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         "prompt_filter": filter_stats,
         "overoptimisation": monitor.result() if monitor is not None else None,
     }
+    if monitor is not None and (summary := monitor.summary()):
+        results["summary"] = summary  # repeated in the run's closing summary
     return results
