@@ -162,18 +162,19 @@ class MathVerifyWorker:
         left of the start.
         """
         with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._kill()
-                self._start()
+            self._ensure_started()
 
     def close(self) -> None:
         with self._lock:
             self._kill()
 
-    def _ensure_ready(self) -> None:
+    def _ensure_started(self) -> None:
         if self._process is None or self._process.poll() is not None:
             self._kill()
             self._start()
+
+    def _ensure_ready(self) -> None:
+        self._ensure_started()
         if not self._ready:
             line = self._read_line(time.monotonic() + WORKER_START_TIMEOUT_SECONDS)
             if line is None or not json.loads(line).get("ready"):

@@ -205,8 +205,6 @@ class OveroptimisationMonitor(TrainerCallback):
         }
         # Held-out warnings, each kind once: {"kind": "stall" | "fall", "peak_step", "at_step"}.
         self.warnings: list[dict[str, Any]] = []
-        self.peak_step: int | None = None  # of the first warning's gold peak
-        self.flagged_at_step: int | None = None
 
     def _on_heldout(self, step: int, logs: dict[str, Any]) -> None:
         # A normalised learned reward's own mean is ~0 by construction; its raw mean and spread are
@@ -277,10 +275,17 @@ class OveroptimisationMonitor(TrainerCallback):
                 )
 
     def _warn(self, kind: str, peak: int, step: int) -> None:
-        peak_step = self.heldout["step"][peak]
-        self.warnings.append({"kind": kind, "peak_step": peak_step, "at_step": step})
-        if self.flagged_at_step is None:
-            self.peak_step, self.flagged_at_step = peak_step, step
+        self.warnings.append({"kind": kind, "peak_step": self.heldout["step"][peak], "at_step": step})
+
+    @property
+    def peak_step(self) -> int | None:
+        """The gold's best that the first held-out warning referred to."""
+        return self.warnings[0]["peak_step"] if self.warnings else None
+
+    @property
+    def flagged_at_step(self) -> int | None:
+        """The evaluation step of the first held-out warning."""
+        return self.warnings[0]["at_step"] if self.warnings else None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
