@@ -22,17 +22,30 @@ Cost: one forward pass of the reference per evaluation batch, what TRL spends on
 penalty. Checked with TRL 1.16: both trainers read `self.beta` when they score a batch and compute
 the loss, and nothing else about evaluation depends on it; no public option computes a KL without a
 KL penalty.
+
+The mixin also keeps every held-out completion of the latest evaluation with its score under each
+reward (`heldout_rows`: prompt, completion, rewards), which TRL reduces to a mean and a spread per
+reward before it logs them: the over-optimisation monitor compares evaluations prompt by prompt
+(the same prompts every time), and with `heldout_samples_path` the rows are appended there (one JSON
+line each, with the step; `rl/heldout_samples.jsonl`), so a resumed run reads them back and a user
+can see what the policy wrote at each evaluation. TRL's own completion buffer holds one generation
+batch, fewer than an evaluation's; the rows are taken where TRL scores them (`_calculate_rewards`,
+whose scores are already gathered from every process).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_ADAPTER = "ref"  # TRL's name for the frozen copy of the adapter the policy started from
 KL_PROBE_BETA = 1e-12  # nonzero: TRL computes the KL; tiny: what it adds to the eval loss is nothing
+HELDOUT_ROWS_FILE = "heldout_samples.jsonl"  # in the rl stage's folder: every held-out completion, scored
 
 
 def kl_estimator(algorithm: str) -> str:
@@ -58,14 +71,17 @@ def with_heldout_kl(trainer_class: type) -> type:
 
 
 class HeldoutKl:
-    """Mixin for TRL's GRPOTrainer and RLOOTrainer: `eval_kl` at every evaluation, also with beta = 0.
+    """Mixin for TRL's GRPOTrainer and RLOOTrainer: `eval_kl` at every evaluation, also with beta = 0,
+    and every held-out completion's scores (`heldout_rows`; in `heldout_samples_path` when given).
 
     Keyword arguments only (as the rl stage builds its trainer).
     """
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, heldout_samples_path: Path | None = None, **kwargs: Any):
         from accelerate.utils import is_peft_model
 
+        self.heldout_samples_path = heldout_samples_path
+        self.heldout_rows: list[dict[str, Any]] = []
         args, model = kwargs.get("args"), kwargs.get("model")
         self._probe_kl = args is not None and args.beta == 0.0 and kwargs.get("eval_dataset") is not None
         started_from_adapter = is_peft_model(model)
@@ -84,10 +100,80 @@ class HeldoutKl:
             keep_reference_adapter(self.model)
 
     def evaluate(self, *args: Any, **kwargs: Any):
+        self.heldout_rows = []
         if not self._probe_kl:
-            return super().evaluate(*args, **kwargs)
-        self.beta = KL_PROBE_BETA
+            metrics = super().evaluate(*args, **kwargs)
+        else:
+            self.beta = KL_PROBE_BETA
+            try:
+                metrics = super().evaluate(*args, **kwargs)
+            finally:
+                self.beta = 0.0
+        self._write_heldout_rows()
+        return metrics
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if not self.model.training:  # an evaluation: keep each completion's scores
+            from accelerate.utils import gather_object
+
+            # Every process scores its share; the scores come back gathered, in process order.
+            all_prompts, all_completions = gather_object(list(prompts)), gather_object(list(completions))
+            names = list(self.reward_func_names)
+            for prompt, completion, scores in zip(all_prompts, all_completions, rewards.tolist(), strict=True):
+                self.heldout_rows.append(
+                    {
+                        "prompt": prompt_text(prompt),
+                        "completion": completion,
+                        "rewards": {n: v if math.isfinite(v) else None for n, v in zip(names, scores, strict=True)},
+                    }
+                )
+        return rewards
+
+    def _write_heldout_rows(self) -> None:
+        if self.heldout_samples_path is None or not self.heldout_rows or not self.is_world_process_zero():
+            return
+        step = self.state.global_step
+        path = Path(self.heldout_samples_path)
+        if step <= last_step_in(path):
+            return  # a resumed run evaluates again at its checkpoint's step: the first one stands
+        with path.open("a", encoding="utf-8") as handle:
+            for row in self.heldout_rows:
+                handle.write(json.dumps({"step": step, **row}, default=str) + "\n")
+
+
+def last_step_in(path: Path) -> int:
+    """The step of the last complete line of a JSON-lines file of records with a `step`; -1 if none."""
+    if not path.is_file():
+        return -1
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
         try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self.beta = 0.0
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue  # a line cut short by an interruption
+        if isinstance(step, int):
+            return step
+    return -1
+
+
+def read_heldout_rows(path: Path, until_step: int) -> dict[int, list[dict[str, Any]]]:
+    """The rows `HeldoutKl` wrote, per evaluation step up to `until_step` (a resumed run's checkpoint)."""
+    rows: dict[int, list[dict[str, Any]]] = {}
+    if not path.is_file():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and step <= until_step:
+            rows.setdefault(step, []).append(record)
+    return rows
+
+
+def prompt_text(prompt: Any) -> str:
+    """A prompt as the text its completions are grouped by: a conversation's last message, else the string."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        return str(prompt[-1].get("content"))
+    return str(prompt)

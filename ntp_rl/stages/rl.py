@@ -30,7 +30,7 @@ from ntp_rl.stages.common import (
     last_checkpoint,
     stage_callbacks,
 )
-from ntp_rl.stages.heldout_kl import kl_estimator, with_heldout_kl
+from ntp_rl.stages.heldout_kl import HELDOUT_ROWS_FILE, kl_estimator, prompt_text, with_heldout_kl
 from ntp_rl.stages.overoptimisation import monitor_for
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class SampleLogCallback(TrainerCallback):
                 prompt = prompts[i] if i < len(prompts) else None
                 record = {
                     "step": state.global_step,
-                    "prompt": prompt[-1]["content"] if isinstance(prompt, list) and prompt else prompt,
+                    "prompt": prompt_text(prompt) if prompt is not None else None,
                     "completion": completions[i],
                     "rewards": {k: v[i] for k, v in rewards.items() if i < len(v)},
                 }
@@ -405,6 +405,7 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[*callbacks, samples],
+        heldout_samples_path=ctx.stage_dir / HELDOUT_ROWS_FILE if eval_dataset is not None else None,
         skip_zero_advantage=stage.skip_zero_advantage,
         share_prompt_prefix=stage.share_prompt_prefix,
         fast_sampling=stage.fast_sampling,
