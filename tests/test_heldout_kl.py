@@ -67,6 +67,17 @@ def test_heldout_kl_to_the_sft_policy_with_beta_zero(write_recipe, tmp_path, tin
     assert [row["step"] for row in curve] == [0, 1, 2]
     assert curve[-1]["sqrt_kl"] == pytest.approx(evals[-1]["eval_kl"] ** 0.5)
     assert all(row["gold_interval"] is not None and row["proxy"] is not None for row in curve)
+    # Every held-out completion of each evaluation, with its score under each reward: their means are
+    # TRL's logged ones.
+    rows = [json.loads(line) for line in (stage / "heldout_samples.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in rows}) == [0, 1, 2]
+    for logged in evals:
+        at = [r for r in rows if r["step"] == logged["step"]]
+        assert len(at) == 2 * 4 and len({r["prompt"] for r in at}) == 2  # 2 prompts x num_generations
+        for name in ("reward_model", "math_accuracy"):
+            mean = sum(r["rewards"][name] for r in at) / len(at)
+            assert mean == pytest.approx(logged[f"eval_rewards/{name}/mean"], abs=1e-5)
+    assert heldout["per_prompt_scores"] == {"gold": True, "proxy": True}  # the monitor had them
     # The frozen reference copy is not part of the trained adapter.
     saved = load_file(stage / "adapter" / "adapter_model.safetensors")
     assert saved and not any(".ref." in key for key in saved)

@@ -15,7 +15,10 @@ from ntp_rl.stages.overoptimisation import (
     heldout_peak_fall,
     heldout_stall,
     monitor_for,
+    paired_change,
+    prompt_means,
     slope_t,
+    t_quantile,
 )
 
 STEPS = list(range(1, 61))
@@ -261,11 +264,17 @@ def test_a_plateau_before_the_fall_is_flagged_one_evaluation_after_the_peak(capl
     heldout = monitor.result()["heldout"]
     assert heldout["peak_step"] == 12
     assert heldout["flagged_kind"] == "stall" and heldout["flagged_at_step"] == 16
-    assert heldout["warnings"] == [
-        {"kind": "stall", "peak_step": 12, "at_step": 16},
-        {"kind": "fall", "peak_step": 12, "at_step": 24},
+    assert [(w["kind"], w["peak_step"], w["at_step"]) for w in heldout["warnings"]] == [
+        ("stall", 12, 16),
+        ("fall", 12, 24),
     ]
+    # No per-prompt scores: the means compared, each warning with its test's statistic.
+    stall, fall = heldout["warnings"]
+    assert stall["paired_prompts"] is None and stall["threshold"] == HELDOUT_MIN_Z
+    assert stall["statistic"] == pytest.approx((4.107 - 3.723) / math.sqrt((0.754**2 + 0.619**2) / 96))
+    assert fall["statistic"] == pytest.approx((0.682 - 0.795) / math.sqrt((0.057**2 + 0.083**2) / 96))
     assert "did not rise above its best so far (0.795 at step 12; 0.789 now)" in caplog.text
+    assert "3.9 combined standard errors of 96 samples each (threshold 3)" in caplog.text
     assert sum("held-out prompts" in r.message for r in caplog.records) == 2  # each kind once
     # Repeated in the run's closing summary (the rl stage's results).
     assert monitor.summary().splitlines() == [
@@ -330,3 +339,130 @@ def test_a_resumed_run_reads_back_the_series_before_its_checkpoint(tmp_path):
     assert monitor.steps == [5, 10, 15]
     monitor.replay(tmp_path / "missing.jsonl", until_step=10)  # nothing to read: nothing changes
     assert monitor.heldout["step"] == [0, 5, 10, 15]
+
+
+# Paired by prompt: each held-out prompt's mean score compared across evaluations.
+
+
+def test_t_quantile_matches_students_t():
+    # scipy.stats.t.isf(scipy.stats.norm.sf(3), dof): the quantile the paired tests use.
+    for dof, exact in ((5, 5.507), (10, 3.957), (23, 3.361), (95, 3.081)):
+        assert t_quantile(3.0, dof) == pytest.approx(exact, abs=0.02)
+    assert t_quantile(3.0, 10_000) == pytest.approx(3.0, abs=1e-3)
+
+
+def test_prompt_means_and_paired_change_by_hand():
+    rows = [
+        {"prompt": "a", "rewards": {"gold": 1.0, "proxy": 2.0}},
+        {"prompt": "a", "rewards": {"gold": 0.0, "proxy": None}},  # the proxy did not score it
+        {"prompt": "b", "rewards": {"gold": 0.5, "proxy": 1.0}},
+    ]
+    assert prompt_means(rows, "gold") == {"a": 0.5, "b": 0.5}
+    assert prompt_means(rows, "proxy") == {"a": 2.0, "b": 1.0}
+    assert prompt_means(rows, "other") is None
+    earlier = {p: 0.0 for p in "abcdef"}
+    later = dict(zip("abcdefg", (1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 9.0), strict=True))  # g: only later
+    change, standard_error, prompts = paired_change(earlier, later)
+    assert (change, prompts) == (2.0, 6)
+    assert standard_error == pytest.approx(math.sqrt(4 / 5) / math.sqrt(6))  # spread sqrt(4/5)
+    assert paired_change({p: 0.0 for p in "abcde"}, later) is None  # fewer than 6 prompts in common
+
+
+PROMPTS, PER_PROMPT = 24, 4
+
+
+def _heldout_rows(rng: random.Random, effects: list[float], gold: float, proxy: float, noise: float) -> list:
+    """One evaluation's completions: per prompt, its own effect on both scores plus per-sample noise."""
+    return [
+        {
+            "prompt": f"p{i}",
+            "rewards": {
+                "review_warmth": gold + effects[i] + rng.gauss(0.0, noise),
+                "reward_model": proxy + 3 * effects[i] + rng.gauss(0.0, 3 * noise),
+            },
+        }
+        for i in range(PROMPTS)
+        for _ in range(PER_PROMPT)
+    ]
+
+
+def _logs_of(rows: list) -> dict:
+    logs = {}
+    for name in ("review_warmth", "reward_model"):
+        values = [r["rewards"][name] for r in rows]
+        mean = sum(values) / len(values)
+        logs[f"eval_rewards/{name}/mean"] = mean
+        logs[f"eval_rewards/{name}/std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return logs
+
+
+def _paired_run(rng, golds, proxies, noise, effect_sd, paired=True) -> OveroptimisationMonitor:
+    effects = [rng.gauss(0.0, effect_sd) for _ in range(PROMPTS)]
+    monitor = OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=PROMPTS * PER_PROMPT)
+    for i, (gold, proxy) in enumerate(zip(golds, proxies, strict=True)):
+        rows = _heldout_rows(rng, effects, gold, proxy, noise)
+        monitor.trainer = SimpleNamespace(heldout_rows=rows if paired else [])
+        monitor.on_log(None, SimpleNamespace(global_step=4 * i), None, logs=_logs_of(rows))
+    return monitor
+
+
+def test_paired_tests_see_a_fall_that_the_prompts_spread_hides():
+    """Prompts that differ a lot from each other: unpaired, that spread is noise; paired, it cancels."""
+    golds = [0.5, 0.6, 0.7, 0.66, 0.62]  # each step 0.04 down after the best, per-sample noise 0.05
+    proxies = [0.0, 1.0, 2.0, 2.1, 2.2]  # unpaired, a rise of 0.2 is about 1.5 standard errors
+    paired = _paired_run(random.Random(0), golds, proxies, noise=0.05, effect_sd=0.3)
+    unpaired = _paired_run(random.Random(0), golds, proxies, noise=0.05, effect_sd=0.3, paired=False)
+    kinds = lambda m: [(w["kind"], w["peak_step"], w["at_step"]) for w in m.warnings]  # noqa: E731
+    assert kinds(paired) == [("fall", 8, 12)] and paired.warnings[0]["paired_prompts"] == PROMPTS
+    assert paired.warnings[0]["threshold"] == pytest.approx(t_quantile(HELDOUT_MIN_Z, PROMPTS - 1))
+    assert kinds(unpaired) == []  # 0.08 is about 1.3 standard errors of samples spread by their prompt
+
+
+def test_paired_tests_warn_on_noise_as_rarely_as_unpaired_ones():
+    """Flat gold and proxy over 10 evaluations, prompt effects and per-sample noise: runs warned."""
+    rng = random.Random(5)
+    trials = 300
+    warned = sum(
+        bool(_paired_run(rng, [0.5] * 10, [1.0] * 10, noise=0.2, effect_sd=0.2).warnings)
+        for _ in range(trials)
+    )
+    assert warned / trials < 0.06  # the unpaired means of the same model: ~3 % (docs/rlhf.md)
+
+
+def test_a_normalised_proxy_is_compared_unpaired(tmp_path):
+    """Its per-completion values are not its raw scores: the proxy's test falls back to the means."""
+    rng = random.Random(1)
+    effects = [0.0] * PROMPTS
+    monitor = OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=PROMPTS * PER_PROMPT)
+    for i, (gold, proxy) in enumerate(((0.5, 1.0), (0.5, 1.1))):
+        rows = _heldout_rows(rng, effects, gold, proxy, 0.05)
+        monitor.trainer = SimpleNamespace(heldout_rows=rows)
+        logs = {**_logs_of(rows), "eval_reward_model/raw_mean": proxy, "eval_reward_model/raw_std": 0.5}
+        monitor.on_log(None, SimpleNamespace(global_step=4 * i), None, logs=logs)
+    assert monitor.by_prompt["proxy"] == [None, None]
+    assert all(m is not None and len(m) == PROMPTS for m in monitor.by_prompt["gold"])
+
+
+def test_a_resumed_run_pairs_the_evaluations_it_reads_back(tmp_path):
+    """heldout_samples.jsonl up to the checkpoint: the replayed evaluations are paired as before."""
+    import json
+
+    rng = random.Random(2)
+    effects = [rng.gauss(0.0, 0.3) for _ in range(PROMPTS)]
+    logged, written = [], []
+    for i, (gold, proxy) in enumerate(((0.5, 0.0), (0.7, 1.0), (0.62, 1.1))):
+        rows = _heldout_rows(rng, effects, gold, proxy, 0.05)
+        logged.append({"step": 4 * i, **_logs_of(rows)})
+        written += [{"step": 4 * i, **row} for row in rows]
+    metrics, samples = tmp_path / "metrics.jsonl", tmp_path / "heldout_samples.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in logged))
+    samples.write_text("".join(json.dumps(r) + "\n" for r in written))
+    monitor = OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=PROMPTS * PER_PROMPT)
+    monitor.replay(metrics, until_step=8, heldout_rows=samples)
+    assert len(monitor.by_prompt["gold"]) == 3 and all(monitor.by_prompt["gold"])
+    assert [(w["kind"], w["at_step"], w["paired_prompts"]) for w in monitor.warnings] == [
+        ("fall", 8, PROMPTS)
+    ]
+    replayed_without = OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=96)
+    replayed_without.replay(metrics, until_step=8)
+    assert replayed_without.warnings == []  # unpaired, the prompts' spread hides the fall of 0.08

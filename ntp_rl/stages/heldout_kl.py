@@ -120,12 +120,16 @@ class HeldoutKl:
             # Every process scores its share; the scores come back gathered, in process order.
             all_prompts, all_completions = gather_object(list(prompts)), gather_object(list(completions))
             names = list(self.reward_func_names)
-            for prompt, completion, scores in zip(all_prompts, all_completions, rewards.tolist(), strict=True):
+            for prompt, completion, scores in zip(
+                all_prompts, all_completions, rewards.tolist(), strict=True
+            ):
                 self.heldout_rows.append(
                     {
                         "prompt": prompt_text(prompt),
                         "completion": completion,
-                        "rewards": {n: v if math.isfinite(v) else None for n, v in zip(names, scores, strict=True)},
+                        "rewards": {
+                            n: v if math.isfinite(v) else None for n, v in zip(names, scores, strict=True)
+                        },
                     }
                 )
         return rewards

@@ -25,7 +25,18 @@ warns once:
   value at that best: the gold has turned, beyond its noise.
 The best so far is the largest of several noisy means, and the tests are repeated at every
 evaluation: the 2 standard errors of a single comparison would flag a flat gold too often
-(docs/rlhf.md has the false-alarm rates). The monitor records each warning (`warnings`: kind, the
+(docs/rlhf.md has the false-alarm rates).
+
+Both tests are **paired by prompt** where the trainer kept each held-out completion's scores
+(`HeldoutKl.heldout_rows`; read back from `heldout_samples.jsonl` on resume): the change is the
+mean over the held-out prompts of each prompt's change in its mean score, and its standard error
+the spread of those changes over sqrt(prompts). What a prompt itself does to a score (one product
+a reward model likes more than another) then cancels between the two evaluations instead of
+counting as noise, as in the eval stage's paired comparisons. The threshold is Student's t
+quantile with prompts - 1 degrees of freedom at the normal tail of `HELDOUT_MIN_Z`, so a paired test
+is as often wrong on noise as an unpaired one. Without per-prompt scores (a normalised reward
+model's per-completion values are not its raw scores; a series logged before they were kept) a
+test compares the two means, with the combined standard error of the samples' spreads. The monitor records each warning (`warnings`: kind, the
 step of the gold's best it refers to, the step that warned) and the first of them (`flagged_kind`,
 `flagged_peak_step`, `flagged_at_step`). `curve` holds, per evaluation, the step, KL and sqrt(KL),
 and the gold and proxy means with their 95 % intervals: Gao et al.'s Figure 1, which the eval
@@ -53,6 +64,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ntp_rl.rewards.learned import RAW_MEAN_SUFFIX, RAW_STD_SUFFIX
+from ntp_rl.stages.heldout_kl import read_heldout_rows
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +72,7 @@ DEFAULT_WINDOW = 10  # logged steps per window
 DEFAULT_MIN_T = 3.0  # t statistic each slope must clear
 HELDOUT_MIN_Z = 3.0  # combined standard errors by which the held-out gold must fall below its best
 INTERVAL_Z = 1.96  # the curve's intervals: normal 95 % intervals of each held-out mean
+PAIRED_MIN_PROMPTS = 6  # fewer held-out prompts: the means are compared unpaired (t_quantile's range)
 
 
 def _finite(value: Any) -> bool:
@@ -108,26 +121,107 @@ def detect_divergence(
     return None
 
 
+PromptMeans = dict[str, float]  # held-out prompt -> mean score of its completions at one evaluation
+
+
+def prompt_means(rows: Sequence[dict[str, Any]], name: str) -> PromptMeans | None:
+    """Per prompt, the mean of reward `name` over its completions in `rows` (`HeldoutKl.heldout_rows`).
+
+    Completions the reward did not score (None) are left out; None when no row has a score.
+    """
+    scores: dict[str, list[float]] = {}
+    for row in rows:
+        value = (row.get("rewards") or {}).get(name)
+        if _finite(value):
+            scores.setdefault(str(row.get("prompt")), []).append(float(value))
+    return {prompt: sum(values) / len(values) for prompt, values in scores.items()} or None
+
+
+def t_quantile(z: float, dof: int) -> float:
+    """Student's t quantile at the upper-tail probability of the standard normal's `z`, for `dof` >= 1.
+
+    Cornish-Fisher expansion in 1/dof (Abramowitz & Stegun 26.7.5), four terms: for z = 3 within
+    0.02 of the exact quantile from 5 degrees of freedom on (`PAIRED_MIN_PROMPTS`), low below that.
+    """
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / dof + g2 / dof**2 + g3 / dof**3 + g4 / dof**4
+
+
+def paired_change(earlier: PromptMeans, later: PromptMeans) -> tuple[float, float, int] | None:
+    """(mean over the prompts in both of later - earlier, its standard error, how many prompts).
+
+    None with fewer than `PAIRED_MIN_PROMPTS` prompts in common.
+    """
+    common = [p for p in earlier if p in later]
+    if len(common) < PAIRED_MIN_PROMPTS:
+        return None
+    changes = [later[p] - earlier[p] for p in common]
+    mean = sum(changes) / len(changes)
+    spread = math.sqrt(sum((c - mean) ** 2 for c in changes) / (len(changes) - 1))
+    return mean, spread / math.sqrt(len(changes)), len(changes)
+
+
+def _best_earlier(gold: Sequence[float]) -> int:
+    earlier = gold[:-1]
+    return max(i for i, value in enumerate(earlier) if value == max(earlier))  # the last of equal bests
+
+
+def change_beyond_noise(
+    values: Sequence[float],
+    stds: Sequence[float | None],
+    by_prompt: Sequence[PromptMeans | None] | None,
+    earlier: int,
+    samples: int,
+    min_z: float = HELDOUT_MIN_Z,
+) -> tuple[float, float, float, int | None] | None:
+    """The last value's change since `earlier`: (change, standard error, threshold on change / error,
+    prompts paired or None).
+
+    Paired by prompt where both evaluations have per-prompt means (threshold: Student's t at min_z's
+    normal tail), else the difference of the two means with the combined standard error
+    sqrt((std_earlier^2 + std_last^2) / samples) (threshold min_z). None where neither is known.
+    """
+    pair = None
+    if by_prompt is not None and by_prompt[earlier] is not None and by_prompt[-1] is not None:
+        pair = paired_change(by_prompt[earlier], by_prompt[-1])
+    if pair is not None:
+        change, standard_error, prompts = pair
+        return change, standard_error, t_quantile(min_z, prompts - 1), prompts
+    if samples < 2 or not (_finite(stds[earlier]) and _finite(stds[-1])):
+        return None
+    standard_error = math.sqrt((stds[earlier] ** 2 + stds[-1] ** 2) / samples)
+    return values[-1] - values[earlier], standard_error, min_z, None
+
+
+def _beyond(change: float, standard_error: float, threshold: float) -> bool:
+    return change > threshold * standard_error
+
+
 def heldout_peak_fall(
     gold: Sequence[float],
     gold_std: Sequence[float],
     proxy: Sequence[float],
     samples: int,
     min_z: float = HELDOUT_MIN_Z,
+    gold_by_prompt: Sequence[PromptMeans | None] | None = None,
 ) -> int | None:
-    """Index of the gold's best earlier value when the last is below it by > min_z standard errors, else None.
+    """Index of the gold's best earlier value when the last is below it beyond its noise, else None.
 
-    Standard error of the difference: sqrt((std_best^2 + std_last^2) / samples), each mean over
-    `samples` completions. Not flagged when the proxy's last value is below its value at the gold's
-    best: both falling is not the proxy being exploited.
+    `change_beyond_noise` decides, paired by prompt where `gold_by_prompt` has both evaluations.
+    Not flagged when the proxy's last value is below its value at the gold's best: both falling is
+    not the proxy being exploited.
     """
-    if len(gold) < 2 or samples < 2:
+    if len(gold) < 2:
         return None
-    earlier = gold[:-1]
-    best = max(i for i, value in enumerate(earlier) if value == max(earlier))  # where the fall began
-    standard_error = math.sqrt((gold_std[best] ** 2 + gold_std[-1] ** 2) / samples)
-    fell = gold[best] - gold[-1]
-    return best if fell > min_z * standard_error and proxy[-1] >= proxy[best] else None
+    best = _best_earlier(gold)  # where the fall began
+    found = change_beyond_noise(gold, gold_std, gold_by_prompt, best, samples, min_z)
+    if found is None:
+        return None
+    change, standard_error, threshold, _ = found
+    return best if _beyond(-change, standard_error, threshold) and proxy[-1] >= proxy[best] else None
 
 
 def heldout_stall(
@@ -136,21 +230,24 @@ def heldout_stall(
     proxy_std: Sequence[float | None],
     samples: int,
     min_z: float = HELDOUT_MIN_Z,
+    proxy_by_prompt: Sequence[PromptMeans | None] | None = None,
 ) -> int | None:
-    """Index of the gold's best earlier value when the proxy has since risen by > min_z standard errors
-    and the last gold is no higher than that best, else None.
+    """Index of the gold's best earlier value when the proxy has since risen beyond its noise and the
+    last gold is no higher than that best, else None.
 
-    Standard error of the proxy's rise: sqrt((std_best^2 + std_last^2) / samples). None where either
-    spread was not logged.
+    `change_beyond_noise` decides, paired by prompt where `proxy_by_prompt` has both evaluations;
+    None where neither per-prompt means nor the proxy's spreads are known.
     """
-    if len(gold) < 2 or samples < 2:
+    if len(gold) < 2:
         return None
-    earlier = gold[:-1]
-    best = max(i for i, value in enumerate(earlier) if value == max(earlier))
-    if gold[-1] > gold[best] or not (_finite(proxy_std[best]) and _finite(proxy_std[-1])):
+    best = _best_earlier(gold)
+    if gold[-1] > gold[best]:
         return None
-    standard_error = math.sqrt((proxy_std[best] ** 2 + proxy_std[-1] ** 2) / samples)
-    return best if proxy[-1] - proxy[best] > min_z * standard_error else None
+    found = change_beyond_noise(proxy, proxy_std, proxy_by_prompt, best, samples, min_z)
+    if found is None:
+        return None
+    change, standard_error, threshold, _ = found
+    return best if _beyond(change, standard_error, threshold) else None
 
 
 def heldout_curve(heldout: dict[str, list[Any]], samples: int) -> list[dict[str, Any]]:
@@ -203,8 +300,19 @@ class OveroptimisationMonitor(TrainerCallback):
         self.heldout: dict[str, list[Any]] = {
             key: [] for key in ("step", "gold", "gold_std", "proxy", "proxy_std", "kl")
         }
+        # Per evaluation, each held-out prompt's mean gold and proxy (None where not known): the
+        # tests are paired by prompt. From the trainer's `heldout_rows`, or `replay`'s file.
+        self.trainer: Any = None
+        self.by_prompt: dict[str, list[PromptMeans | None]] = {"gold": [], "proxy": []}
+        self._replayed_rows: dict[int, list[dict[str, Any]]] = {}
         # Held-out warnings, each kind once: {"kind": "stall" | "fall", "peak_step", "at_step"}.
         self.warnings: list[dict[str, Any]] = []
+
+    def _heldout_rows(self, step: int) -> list[dict[str, Any]] | None:
+        if step in self._replayed_rows:
+            return self._replayed_rows[step]
+        rows = getattr(self.trainer, "heldout_rows", None)
+        return rows if isinstance(rows, list) and rows else None
 
     def _on_heldout(self, step: int, logs: dict[str, Any]) -> None:
         # A normalised learned reward's own mean is ~0 by construction; its raw mean and spread are
@@ -227,46 +335,60 @@ class OveroptimisationMonitor(TrainerCallback):
             h[key].append(float(value))
         h["proxy_std"].append(float(proxy_std) if _finite(proxy_std) else None)
         h["kl"].append(float(kl) if _finite(kl) else None)
+        rows = self._heldout_rows(int(step))
+        self.by_prompt["gold"].append(prompt_means(rows, self.gold) if rows else None)
+        # A normalised reward model's per-completion values are not its raw scores: unpaired.
+        self.by_prompt["proxy"].append(prompt_means(rows, self.proxy) if rows and not raw else None)
         warned = {w["kind"] for w in self.warnings}
         if "fall" not in warned:
-            peak = heldout_peak_fall(h["gold"], h["gold_std"], h["proxy"], self.heldout_samples)
+            peak = heldout_peak_fall(
+                h["gold"],
+                h["gold_std"],
+                h["proxy"],
+                self.heldout_samples,
+                gold_by_prompt=self.by_prompt["gold"],
+            )
             if peak is not None:
-                self._warn("fall", peak, int(step))
+                test = self._warn("fall", peak, int(step))
                 logger.warning(
                     "reward over-optimisation on held-out prompts: the gold reward %s fell from %.3f at step "
-                    "%d (its best so far) to %.3f at step %d, more than %g standard errors of %d samples "
-                    "each, while the learned reward %s went from %.3f to %.3f. Consider a larger KL "
-                    "coefficient (trainer.beta), fewer steps, or a better reward model.",
+                    "%d (its best so far) to %.3f at step %d, %s, while the learned reward %s went from "
+                    "%.3f to %.3f. Consider a larger KL coefficient (trainer.beta), fewer steps, or a "
+                    "better reward model.",
                     self.gold,
                     h["gold"][peak],
                     h["step"][peak],
                     h["gold"][-1],
                     step,
-                    HELDOUT_MIN_Z,
-                    self.heldout_samples,
+                    test,
                     self.proxy,
                     h["proxy"][peak],
                     h["proxy"][-1],
                 )
                 return  # a fall says more than a stall at the same evaluation
         if not warned:
-            peak = heldout_stall(h["gold"], h["proxy"], h["proxy_std"], self.heldout_samples)
+            peak = heldout_stall(
+                h["gold"],
+                h["proxy"],
+                h["proxy_std"],
+                self.heldout_samples,
+                proxy_by_prompt=self.by_prompt["proxy"],
+            )
             if peak is not None:
-                self._warn("stall", peak, int(step))
+                test = self._warn("stall", peak, int(step))
                 logger.warning(
                     "possible reward over-optimisation on held-out prompts: the learned reward %s rose from "
-                    "%.3f at step %d to %.3f at step %d, more than %g standard errors of %d samples each, "
-                    "while the gold reward %s did not rise above its best so far (%.3f at step %d; %.3f "
-                    "now). Optimising the reward model has stopped improving the gold here; a fall beyond "
-                    "its noise will be reported if it follows. Consider the checkpoint nearest step %d, "
-                    "a larger KL coefficient (trainer.beta), or a better reward model.",
+                    "%.3f at step %d to %.3f at step %d, %s, while the gold reward %s did not rise above "
+                    "its best so far (%.3f at step %d; %.3f now). Optimising the reward model has stopped "
+                    "improving the gold here; a fall beyond its noise will be reported if it follows. "
+                    "Consider the checkpoint nearest step %d, a larger KL coefficient (trainer.beta), or a "
+                    "better reward model.",
                     self.proxy,
                     h["proxy"][peak],
                     h["step"][peak],
                     h["proxy"][-1],
                     step,
-                    HELDOUT_MIN_Z,
-                    self.heldout_samples,
+                    test,
                     self.gold,
                     h["gold"][peak],
                     h["step"][peak],
@@ -274,8 +396,30 @@ class OveroptimisationMonitor(TrainerCallback):
                     h["step"][peak],
                 )
 
-    def _warn(self, kind: str, peak: int, step: int) -> None:
-        self.warnings.append({"kind": kind, "peak_step": self.heldout["step"][peak], "at_step": step})
+    def _warn(self, kind: str, peak: int, step: int) -> str:
+        """Record a warning (with its test's statistic); return the test in words, for the log line."""
+        series, stds = ("gold", "gold_std") if kind == "fall" else ("proxy", "proxy_std")
+        found = change_beyond_noise(
+            self.heldout[series], self.heldout[stds], self.by_prompt[series], peak, self.heldout_samples
+        )
+        change, standard_error, threshold, prompts = found  # the test that warned found these
+        statistic = change / standard_error if standard_error > 0 else math.copysign(math.inf, change)
+        self.warnings.append(
+            {
+                "kind": kind,
+                "peak_step": self.heldout["step"][peak],
+                "at_step": step,
+                "statistic": statistic,
+                "threshold": threshold,
+                "paired_prompts": prompts,
+            }
+        )
+        if prompts is not None:
+            return f"paired by prompt over {prompts} held-out prompts: t = {statistic:+.1f} (threshold {threshold:.2f})"
+        return (
+            f"{abs(statistic):.1f} combined standard errors of {self.heldout_samples} samples each "
+            f"(threshold {threshold:g})"
+        )
 
     @property
     def peak_step(self) -> int | None:
@@ -325,12 +469,15 @@ class OveroptimisationMonitor(TrainerCallback):
                 self.window,
             )
 
-    def replay(self, metrics: Path, until_step: int) -> None:
-        """Read back what an interrupted run logged (`metrics.jsonl`) up to the checkpoint it resumes from.
+    def replay(self, metrics: Path, until_step: int, heldout_rows: Path | None = None) -> None:
+        """Read back what an interrupted run logged (`metrics.jsonl`, and the held-out completions'
+        scores in `heldout_rows`) up to the checkpoint it resumes from.
 
         The series then holds the evaluations and steps from before the interruption, as an
         uninterrupted run's would; a warning already given is given again.
         """
+        if heldout_rows is not None:
+            self._replayed_rows = read_heldout_rows(heldout_rows, until_step)
         if not metrics.is_file():
             return
         for line in metrics.read_text(encoding="utf-8").splitlines():
@@ -391,6 +538,9 @@ class OveroptimisationMonitor(TrainerCallback):
             "flagged_at_step": self.flagged_at_step,
             "warnings": [dict(w) for w in self.warnings],
             "samples": self.heldout_samples,
+            # Whether per-prompt scores were there (the gold's, the proxy's): the tests are then paired
+            # by prompt, with at least PAIRED_MIN_PROMPTS prompts.
+            "per_prompt_scores": {k: any(m is not None for m in v) for k, v in self.by_prompt.items()},
             "min_z": HELDOUT_MIN_Z,
             "kl_estimator": self.kl_estimator,
             **self.heldout,

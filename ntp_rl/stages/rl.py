@@ -411,10 +411,12 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         fast_sampling=stage.fast_sampling,
     )
     samples.trainer = trainer
+    if monitor is not None:
+        monitor.trainer = trainer  # its held-out completions' scores, per evaluation
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
     if monitor is not None and resume is not None:  # its series from before the interruption
         step = int(CHECKPOINT_PATTERN.match(Path(resume).name).group(1))
-        monitor.replay(ctx.stage_dir / METRICS_FILE, step)
+        monitor.replay(ctx.stage_dir / METRICS_FILE, step, ctx.stage_dir / HELDOUT_ROWS_FILE)
     with stop.catching_signals():
         train_output = trainer.train(resume_from_checkpoint=resume)
     stop.raise_if_stopped()  # a checkpoint was saved; the stage is not complete
