@@ -81,3 +81,33 @@ def test_heldout_kl_to_the_sft_policy_with_beta_zero(write_recipe, tmp_path, tin
     # The frozen reference copy is not part of the trained adapter.
     saved = load_file(stage / "adapter" / "adapter_model.safetensors")
     assert saved and not any(".ref." in key for key in saved)
+
+
+def test_heldout_rows_file_keeps_the_first_evaluation_of_a_step(tmp_path):
+    """A resumed run evaluates again at its checkpoint's step: the rows written first stand, as in
+    metrics.jsonl; a line cut short by an interruption is skipped when read back."""
+    from types import SimpleNamespace
+
+    from ntp_rl.stages.heldout_kl import HeldoutKl, last_step_in, read_heldout_rows
+
+    path = tmp_path / "heldout_samples.jsonl"
+    trainer = HeldoutKl.__new__(HeldoutKl)  # only the writer's state, no TRL trainer behind it
+    trainer.heldout_samples_path = path
+    trainer.is_world_process_zero = lambda: True
+
+    def evaluation(step: int, score: float) -> None:
+        trainer.state = SimpleNamespace(global_step=step)
+        trainer.heldout_rows = [{"prompt": "p", "completion": "c", "rewards": {"gold": score}}] * 2
+        trainer._write_heldout_rows()
+
+    evaluation(0, 0.1)
+    evaluation(4, 0.2)
+    evaluation(4, 0.9)  # the resumed run's evaluation at checkpoint-4
+    evaluation(8, 0.3)
+    with path.open("a") as handle:
+        handle.write('{"step": 12, "prompt": "p", "rew')  # interrupted mid-line
+    assert last_step_in(path) == 8
+    rows = read_heldout_rows(path, until_step=8)
+    assert sorted(rows) == [0, 4, 8] and [r["rewards"]["gold"] for r in rows[4]] == [0.2, 0.2]
+    assert sorted(read_heldout_rows(path, until_step=4)) == [0, 4]
+    assert last_step_in(tmp_path / "missing.jsonl") == -1 and read_heldout_rows(tmp_path / "x", 4) == {}
