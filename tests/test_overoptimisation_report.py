@@ -94,6 +94,21 @@ def test_markdown_has_a_row_per_evaluation_and_says_where_it_flagged(tmp_path):
     assert next(row for row in rows if row.startswith("| 35 |")).endswith("| flagged: fall |")
     assert "flagged a stall at step 30, sqrt(KL) 0.600:" in section and "1 evaluation earlier" in section
     assert "flagged a fall at step 35, sqrt(KL) 0.700:" in section and "2 evaluations earlier" in section
+    # Each warning's own test, as the monitor recorded it: here the unpaired means (no per-prompt scores).
+    assert "by 4.7 combined standard errors (threshold 3)" in section  # stall: 0.5 / (1.2 * sqrt(2 / 256))
+
+
+def test_a_paired_warning_reads_as_one(tmp_path):
+    stage = _stage(tmp_path)
+    results = json.loads((stage / "COMPLETE").read_text())
+    warning = results["overoptimisation"]["heldout"]["warnings"][0]
+    warning.update(statistic=4.137, threshold=3.3613, paired_prompts=24)
+    (stage / "COMPLETE").write_text(json.dumps(results))
+    section = render_markdown(_report({"rl": read_curve(stage)}))
+    assert (
+        "the proxy up since the gold's best so far (step 25, sqrt(KL) 0.500; 1 evaluation earlier) beyond "
+        "its noise (paired by prompt over 24 held-out prompts: t = +4.1, threshold 3.36), the gold no higher"
+    ) in section
 
 
 def test_a_stage_recorded_before_stall_warnings_reads_as_a_fall(tmp_path):
@@ -106,6 +121,7 @@ def test_a_stage_recorded_before_stall_warnings_reads_as_a_fall(tmp_path):
     (stage / "COMPLETE").write_text(json.dumps(results))
     section = render_markdown(_report({"rl": read_curve(stage)}))
     assert "flagged a fall at step 35" in section and "flagged a stall" not in section
+    assert "by more than 3.0 combined standard errors" in section  # no statistic recorded then
     assert "## Over-optimisation" not in render_markdown(_report({}))
 
 

@@ -96,25 +96,39 @@ def headline(label: str, data: dict[str, Any]) -> str:
     warnings = warnings_of(data)
     if not warnings:
         return text + " The over-optimisation monitor did not warn."
-    for kind, peak, at in warnings:
+    recorded = [w for w in data.get("warnings") or [] if isinstance(w, dict)]
+    for index, (kind, peak, at) in enumerate(warnings):
         later = evaluations.index(at) - evaluations.index(peak) if {peak, at} <= set(evaluations) else None
         since = f" ({_x(data, peak)}" + (
             f"; {later} evaluation{'s' if later != 1 else ''} earlier)" if later is not None else ")"
         )
-        z = _num(data.get("min_z"), 1)
+        test = _test_words(recorded[index] if index < len(recorded) else {}, data)
         if kind == "fall":
             text += (
-                f" The monitor flagged a fall at {_x(data, at)}: the gold below its best so far{since} by "
-                f"more than {z} combined standard errors, the proxy not below its value there."
+                f" The monitor flagged a fall at {_x(data, at)}: the gold below its best so far{since} "
+                f"{test}, the proxy not below its value there."
             )
         else:
             text += (
-                f" The monitor flagged a stall at {_x(data, at)}: the proxy up by more than {z} combined "
-                f"standard errors since the gold's best so far{since}, the gold no higher."
+                f" The monitor flagged a stall at {_x(data, at)}: the proxy up since the gold's best so "
+                f"far{since} {test}, the gold no higher."
             )
     if warnings[0][1] != data.get("peak_step"):
         text += " The gold later rose above the best the first warning referred to."
     return text
+
+
+def _test_words(warning: dict[str, Any], data: dict[str, Any]) -> str:
+    """How far beyond its noise the change was, as the warning recorded it (older records: the rule)."""
+    statistic, threshold = warning.get("statistic"), warning.get("threshold")
+    if not isinstance(statistic, (int, float)) or not isinstance(threshold, (int, float)):
+        return f"by more than {_num(data.get('min_z'), 1)} combined standard errors"
+    if warning.get("paired_prompts"):
+        return (
+            f"beyond its noise (paired by prompt over {warning['paired_prompts']} held-out prompts: "
+            f"t = {statistic:+.1f}, threshold {threshold:.2f})"
+        )
+    return f"by {abs(statistic):.1f} combined standard errors (threshold {threshold:g})"
 
 
 def warnings_of(data: dict[str, Any]) -> list[tuple[str, Any, Any]]:
