@@ -152,3 +152,37 @@ def test_labels_and_reward_names_are_escaped(tmp_path):
     data["gold"] = "<img src=x onerror=alert(1)>"
     html = render_html(_report({"<b>rl</b>": data}))
     assert "<b>rl</b>" not in html and "onerror=alert(1)>" not in html and "&lt;b&gt;rl&lt;/b&gt;" in html
+
+
+def test_the_report_shows_what_the_policy_wrote_where_the_gold_fell(tmp_path):
+    """From heldout_samples.jsonl: the prompts whose gold fell most from the best to the lowest point
+    after it, at the start, the best, that lowest point and the last evaluation."""
+    stage = _stage(tmp_path)
+    rows = []
+    for i in range(len(GOLDS)):
+        for p in range(5):
+            # prompt p4 falls most after the best (step 25), then p3, p2; p0 and p1 do not fall
+            fell = max(0, i - 5) * 0.1 * p
+            rows.append({"step": 5 * i, "prompt": f"p{p}", "completion": [{"role": "assistant", "content": f"reply {i}"}],
+                         "rewards": {"math_accuracy": 1.0 - fell, "reward_model": 0.5 * i}})  # fmt: skip
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 45, "pro'  # a torn last line
+    (stage / "heldout_samples.jsonl").write_text(text)
+    data = read_curve(stage)
+    # GOLDS: best 0.60 at 25, lowest after it 0.28 at 45, which is also the last evaluation.
+    assert [(e["step"], e["what"]) for e in data["examples"]] == [
+        (0, "start"),
+        (25, "gold's best"),
+        (45, "gold's lowest after its best, last"),
+    ]
+    assert [r["prompt"] for r in data["examples"][2]["rows"]] == ["p4", "p3", "p2"]
+    assert data["examples"][2]["rows"][0] == {"prompt": "p4", "completion": "reply 9", "gold": 1.0 - 1.6,
+                                              "proxy": 4.5}  # fmt: skip
+    markdown = render_markdown(_report({"rl": data}))
+    assert "what the policy wrote on the held-out prompts whose gold fell most" in markdown
+    assert "| 45 (gold's lowest after its best, last) | p4 | reply 9 | -0.600 | 4.500 |" in markdown
+    assert "reply 9" in render_html(_report({"rl": data}))
+    # Without the file (a stage from before it was written): no examples, the rest as before.
+    (stage / "heldout_samples.jsonl").unlink()
+    assert read_curve(stage)["examples"] == [] and "what the policy wrote" not in render_markdown(
+        _report({"rl": read_curve(stage)})
+    )

@@ -427,11 +427,22 @@ def render_html(report: dict[str, Any]) -> str:
 
     curves = report.get("overoptimisation") or {}
     if curves:
-        from ntp_rl.evaluation.overoptimisation_curve import HEADER, headline, rows
+        from ntp_rl.evaluation.overoptimisation_curve import (
+            EXAMPLE_HEADER,
+            HEADER,
+            example_rows,
+            headline,
+            rows,
+        )
 
         parts.append("<h2>Over-optimisation: gold and proxy against sqrt(KL), held-out, during RL</h2>")
         for label, data in curves.items():
             parts += [f"<p>{escape(headline(label, data))}</p>", _table(HEADER, rows(data))]
+            if examples := example_rows(data):
+                parts += [
+                    f"<p>{escape(label)}: what the policy wrote on the held-out prompts whose gold fell most after its best (one completion each):</p>",
+                    _table(EXAMPLE_HEADER, examples, numeric_from=3),
+                ]
         plot = plot_overoptimisation(curves)
         if plot:
             parts.append(_img(plot, "gold and proxy reward against sqrt(KL) to the start"))

@@ -6,7 +6,10 @@ per-token KL from the policy to its start (the SFT policy), in its results (`COM
 `overoptimisation.heldout`, see ntp_rl/stages/overoptimisation.py). Plotted against sqrt(KL) this is
 Gao et al. 2022's Figure 1: the proxy rises throughout while the gold rises, peaks and falls. The
 report carries it per checkpoint that came from such a stage (`overoptimisation` in report.json), as
-a table in report.md and report.html and a plot in report.html. Nothing here runs a model.
+a table in report.md and report.html and a plot in report.html, and beside it what the policy wrote
+on a few held-out prompts at its first evaluation, at the gold's best and at its last (`examples`,
+from the stage's `heldout_samples.jsonl`): over-optimisation is easiest to believe when read. Nothing
+here runs a model.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 STAGE_RESULTS = "COMPLETE"  # a finished stage's results (stages/common.py writes it)
+HELDOUT_SAMPLES = (
+    "heldout_samples.jsonl"  # every held-out completion, scored (stages/heldout_kl.py writes it)
+)
+EXAMPLE_PROMPTS = 3  # held-out prompts whose completions the report shows at each chosen evaluation
+EXAMPLE_HEADER = ["step", "prompt", "completion", "gold", "proxy"]
 CARRIED = (
     "proxy",
     "gold",
@@ -44,7 +52,96 @@ def read_curve(stage_dir: Path | None) -> dict[str, Any] | None:
     if not isinstance(heldout, dict) or not heldout.get("curve"):
         return None
     names = {"proxy": monitor.get("proxy"), "gold": monitor.get("gold")}
-    return {**names, **{key: heldout.get(key) for key in CARRIED[2:]}, "curve": heldout["curve"]}
+    data = {**names, **{key: heldout.get(key) for key in CARRIED[2:]}, "curve": heldout["curve"]}
+    curve = heldout["curve"]
+    steps = [p.get("step") for p in curve]
+    best = data.get("peak_step")
+    after = [p for p in curve if best is not None and p.get("step", 0) > best and _finite(p.get("gold"))]
+    lowest = min(after, key=lambda p: p["gold"])["step"] if after else None
+    chosen = [("start", steps[0]), ("gold's best", best), ("gold's lowest after its best", lowest)]
+    chosen += [("last", steps[-1])]
+    data["examples"] = read_examples(stage_dir / HELDOUT_SAMPLES, chosen, names["gold"], names["proxy"])
+    return data
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value
+
+
+def read_examples(path: Path, chosen: list[tuple[str, Any]], gold: Any, proxy: Any) -> list[dict[str, Any]]:
+    """At each (what, step) of `chosen` (None: skipped), one completion of each of `EXAMPLE_PROMPTS`
+    held-out prompts, the same at every step, with its gold and proxy scores; [] without the file.
+
+    The prompts shown are those whose mean gold fell most from the gold's best (`chosen[1]`) to the
+    lowest evaluation after it (`chosen[2]`, else the last): where the turn shows, if anywhere.
+    """
+    from ntp_rl.rewards.completions import completion_text
+
+    wanted = {step for _, step in chosen if step is not None}
+    by_step: dict[Any, dict[str, list[dict[str, Any]]]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by an interruption
+        if isinstance(row, dict) and row.get("step") in wanted:
+            by_step.setdefault(row["step"], {}).setdefault(str(row.get("prompt")), []).append(row)
+
+    def mean_gold(step: Any, prompt: str) -> float | None:
+        scores = [(r.get("rewards") or {}).get(gold) for r in by_step.get(step, {}).get(prompt, [])]
+        scores = [v for v in scores if _finite(v)]
+        return sum(scores) / len(scores) if scores else None
+
+    best_step = chosen[1][1]
+    low_step = chosen[2][1] if chosen[2][1] is not None else chosen[-1][1]
+    candidates = list(by_step.get(best_step, {}))
+
+    def fall(prompt: str) -> float:
+        before, after = mean_gold(best_step, prompt), mean_gold(low_step, prompt)
+        return before - after if before is not None and after is not None else float("-inf")
+
+    prompts = sorted(candidates, key=fall, reverse=True)[:EXAMPLE_PROMPTS]  # stable: file order on ties
+    examples, seen = [], set()
+    for _, step in chosen:
+        if step is None or step in seen or step not in by_step:
+            continue
+        seen.add(step)
+        rows = []
+        for prompt in prompts:
+            completions = by_step[step].get(prompt)
+            if not completions:
+                continue
+            rewards = completions[0].get("rewards") or {}
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "completion": completion_text(completions[0].get("completion")),
+                    "gold": rewards.get(gold),
+                    "proxy": rewards.get(proxy),
+                }
+            )
+        labels = [w for w, s in chosen if s == step]
+        examples.append({"step": step, "what": ", ".join(labels), "rows": rows})
+    return examples
+
+
+def example_rows(data: dict[str, Any]) -> list[list[str]]:
+    """The examples as table rows: step (and which evaluation), prompt, completion, gold, proxy."""
+    return [
+        [
+            f"{example['step']} ({example['what']})",
+            row["prompt"],
+            row["completion"],
+            _num(row["gold"]),
+            _num(row["proxy"]),
+        ]
+        for example in data.get("examples") or []
+        for row in example["rows"]
+    ]
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -451,13 +451,27 @@ def render_markdown(report: dict[str, Any]) -> str:
                     lines += [f"*{md_cell(who)}:*", "```text", str(text).replace("```", "'''"), "```"]
     curves = report.get("overoptimisation") or {}
     if curves:
-        from ntp_rl.evaluation.overoptimisation_curve import HEADER, headline, rows
+        from ntp_rl.evaluation.overoptimisation_curve import (
+            EXAMPLE_HEADER,
+            HEADER,
+            example_rows,
+            headline,
+            rows,
+        )
 
         lines += ["", "## Over-optimisation: gold and proxy against sqrt(KL), held-out, during RL"]
         for label, data in curves.items():
             lines += ["", headline(label, data), "", "| " + " | ".join(HEADER) + " |"]
             lines += ["|---" * len(HEADER) + "|"]
             lines += [f"| {' | '.join(md_cell(c) for c in row)} |" for row in rows(data)]
+            if examples := example_rows(data):
+                lines += [
+                    "",
+                    f"{label}: what the policy wrote on the held-out prompts whose gold fell most after its best (one completion each):",
+                    "",
+                ]
+                lines += ["| " + " | ".join(EXAMPLE_HEADER) + " |", "|---" * len(EXAMPLE_HEADER) + "|"]
+                lines += [f"| {' | '.join(md_cell(c) for c in row)} |" for row in examples]
     if report.get("beyond_ntp"):
         from ntp_rl.probes.render import render_markdown_section
 

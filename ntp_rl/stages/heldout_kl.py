@@ -41,11 +41,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.evaluation.overoptimisation_curve import HELDOUT_SAMPLES
+
 logger = logging.getLogger(__name__)
 
 REFERENCE_ADAPTER = "ref"  # TRL's name for the frozen copy of the adapter the policy started from
 KL_PROBE_BETA = 1e-12  # nonzero: TRL computes the KL; tiny: what it adds to the eval loss is nothing
-HELDOUT_ROWS_FILE = "heldout_samples.jsonl"  # in the rl stage's folder: every held-out completion, scored
+# In the rl stage's folder: every held-out completion, scored (the eval report reads it too).
+HELDOUT_ROWS_FILE = HELDOUT_SAMPLES
 
 
 def kl_estimator(algorithm: str) -> str:
