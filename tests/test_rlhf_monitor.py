@@ -466,3 +466,29 @@ def test_a_resumed_run_pairs_the_evaluations_it_reads_back(tmp_path):
     replayed_without = OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=96)
     replayed_without.replay(metrics, until_step=8)
     assert replayed_without.warnings == []  # unpaired, the prompts' spread hides the fall of 0.08
+
+
+def test_a_change_without_spread_is_recorded_without_a_statistic(caplog):
+    """Every completion scored alike at both evaluations (a collapsed policy): the change is beyond
+    any noise, and the record stays strict JSON (no infinite t)."""
+    import json
+
+    monitor = OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=96)
+    with caplog.at_level("WARNING"):
+        for step, gold in ((0, 0.5), (4, 0.818), (8, 0.5)):
+            logs = {
+                "eval_rewards/review_warmth/mean": gold,
+                "eval_rewards/review_warmth/std": 0.0,
+                "eval_rewards/reward_model/mean": 1.0 + step,
+                "eval_rewards/reward_model/std": 0.0,
+            }
+            monitor.on_log(None, SimpleNamespace(global_step=step), None, logs=logs)
+    (warning,) = monitor.warnings
+    assert (warning["kind"], warning["peak_step"], warning["at_step"], warning["statistic"]) == (
+        "fall",
+        4,
+        8,
+        None,
+    )
+    assert "by 0.318, with no spread to measure it against (96 samples alike)" in caplog.text
+    json.dumps(monitor.result(), allow_nan=False)

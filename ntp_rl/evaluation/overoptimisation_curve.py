@@ -218,6 +218,8 @@ def headline(label: str, data: dict[str, Any]) -> str:
 def _test_words(warning: dict[str, Any], data: dict[str, Any]) -> str:
     """How far beyond its noise the change was, as the warning recorded it (older records: the rule)."""
     statistic, threshold = warning.get("statistic"), warning.get("threshold")
+    if "statistic" in warning and statistic is None:
+        return "beyond its noise (the samples had no spread to measure the change against)"
     if not isinstance(statistic, (int, float)) or not isinstance(threshold, (int, float)):
         return f"by more than {_num(data.get('min_z'), 1)} combined standard errors"
     if warning.get("paired_prompts"):

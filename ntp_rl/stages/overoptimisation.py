@@ -36,11 +36,13 @@ counting as noise, as in the eval stage's paired comparisons. The threshold is S
 quantile with prompts - 1 degrees of freedom at the normal tail of `HELDOUT_MIN_Z`, so a paired test
 is as often wrong on noise as an unpaired one. Without per-prompt scores (a normalised reward
 model's per-completion values are not its raw scores; a series logged before they were kept) a
-test compares the two means, with the combined standard error of the samples' spreads. The monitor records each warning (`warnings`: kind, the
-step of the gold's best it refers to, the step that warned) and the first of them (`flagged_kind`,
-`flagged_peak_step`, `flagged_at_step`). `curve` holds, per evaluation, the step, KL and sqrt(KL),
-and the gold and proxy means with their 95 % intervals: Gao et al.'s Figure 1, which the eval
-report plots.
+test compares the two means, with the combined standard error of the samples' spreads.
+
+The monitor records each warning (`warnings`: kind, the step of the gold's best it refers to, the
+step that warned, the test's statistic, threshold and paired prompts) and the first of them
+(`flagged_kind`, `flagged_peak_step`, `flagged_at_step`). `curve` holds, per evaluation, the step,
+KL and sqrt(KL), and the gold and proxy means with their 95 % intervals: Gao et al.'s Figure 1,
+which the eval report plots.
 
 `detect_divergence` is the per-step test, a pure function: over each window of `window` consecutive logged
 steps, the least-squares slope of each series against the step, and its t statistic (slope over its
@@ -403,7 +405,8 @@ class OveroptimisationMonitor(TrainerCallback):
             self.heldout[series], self.heldout[stds], self.by_prompt[series], peak, self.heldout_samples
         )
         change, standard_error, threshold, prompts = found  # the test that warned found these
-        statistic = change / standard_error if standard_error > 0 else math.copysign(math.inf, change)
+        # No spread (every prompt, or every sample, changed alike): any change is beyond it; no t.
+        statistic = change / standard_error if standard_error > 0 else None
         self.warnings.append(
             {
                 "kind": kind,
@@ -414,6 +417,8 @@ class OveroptimisationMonitor(TrainerCallback):
                 "paired_prompts": prompts,
             }
         )
+        if statistic is None:
+            return f"by {abs(change):.3f}, with no spread to measure it against ({self.heldout_samples} samples alike)"
         if prompts is not None:
             return f"paired by prompt over {prompts} held-out prompts: t = {statistic:+.1f} (threshold {threshold:.2f})"
         return (
