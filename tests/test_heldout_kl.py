@@ -111,3 +111,61 @@ def test_heldout_rows_file_keeps_the_first_evaluation_of_a_step(tmp_path):
     assert sorted(rows) == [0, 4, 8] and [r["rewards"]["gold"] for r in rows[4]] == [0.2, 0.2]
     assert sorted(read_heldout_rows(path, until_step=4)) == [0, 4]
     assert last_step_in(tmp_path / "missing.jsonl") == -1 and read_heldout_rows(tmp_path / "x", 4) == {}
+
+
+def test_two_processes_keep_every_heldout_completion_once(tmp_path, tiny_model_path):
+    """recipes/accelerate/cpu_2proc.yaml: each process samples and scores half the held-out prompts;
+    rank 0 writes all of them, each prompt with its own completions' scores (gathered in one order)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    recipe = {
+        "run": {"name": "heldout-2p", "output_dir": str(tmp_path / "runs")},
+        "model": {"name_or_path": "tiny", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}},
+        "data": {"arithmetic": {"num_train": 16, "num_test": 4}},
+        "stages": [
+            {
+                "kind": "rl",
+                # The prompt's own number as a reward: a completion's score says which prompt it was for.
+                "rewards": [{"name": "math_accuracy"}, {"path": str(tmp_path / "answer.py:answer_value")}],
+                "eval_examples": 4,
+                "trainer": {
+                    "max_steps": 1,
+                    "per_device_train_batch_size": 4,
+                    "num_generations": 4,
+                    "max_completion_length": 4,
+                    "save_steps": 100,
+                },
+            }
+        ],
+    }
+    (tmp_path / "answer.py").write_text(
+        "def answer_value(completions, answer, **kwargs):\n    return [float(a) for a in answer]\n"
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"), "-m", "ntp_rl", "train", str(path)]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stage = tmp_path / "runs" / "heldout-2p" / "rl"
+    rows = [json.loads(line) for line in (stage / "heldout_samples.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in logged if "eval_rewards/answer_value/mean" in r]
+    assert [r["step"] for r in evals] == [0, 1]
+    for record in evals:
+        at = [r for r in rows if r["step"] == record["step"]]
+        assert len(at) == 4 * 4 and len({r["prompt"] for r in at}) == 4  # every prompt, 4 each, once
+        by_prompt: dict[str, set] = {}
+        for r in at:
+            by_prompt.setdefault(r["prompt"], set()).add(r["rewards"]["answer_value"])
+        assert all(len(values) == 1 for values in by_prompt.values()), by_prompt  # scores kept with prompts
+        mean = sum(r["rewards"]["answer_value"] for r in at) / len(at)
+        assert mean == pytest.approx(record["eval_rewards/answer_value/mean"])
