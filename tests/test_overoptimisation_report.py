@@ -186,3 +186,24 @@ def test_the_report_shows_what_the_policy_wrote_where_the_gold_fell(tmp_path):
     assert read_curve(stage)["examples"] == [] and "what the policy wrote" not in render_markdown(
         _report({"rl": read_curve(stage)})
     )
+
+
+def test_examples_of_a_gold_that_never_fell_are_the_first_prompts(tmp_path):
+    monitor = OveroptimisationMonitor("reward_model", "math_accuracy", heldout_samples=8)
+    rows = []
+    for i in range(3):
+        logs = {"eval_rewards/math_accuracy/mean": 0.2 * i, "eval_rewards/math_accuracy/std": 0.1,
+                "eval_rewards/reward_model/mean": 0.1 * i, "eval_rewards/reward_model/std": 1.0}  # fmt: skip
+        monitor.on_log(None, SimpleNamespace(global_step=5 * i), None, logs=logs)
+        rows += [{"step": 5 * i, "prompt": f"p{p}", "completion": f"c{i}", "rewards": {"math_accuracy": 0.2 * i}}
+                 for p in (3, 1, 2, 0)]  # fmt: skip
+    stage = tmp_path / "rl"
+    stage.mkdir()
+    (stage / "COMPLETE").write_text(json.dumps({"overoptimisation": monitor.result()}))
+    (stage / "heldout_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = read_curve(stage)
+    assert [(e["step"], e["what"]) for e in data["examples"]] == [(0, "start"), (10, "gold's best, last")]
+    assert [r["prompt"] for r in data["examples"][0]["rows"]] == ["p3", "p1", "p2"]  # in the file's order
+    assert "what the policy wrote on the first held-out prompts (no evaluation after the gold's best)" in (
+        render_markdown(_report({"rl": data}))
+    )

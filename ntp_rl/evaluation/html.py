@@ -440,7 +440,8 @@ def render_html(report: dict[str, Any]) -> str:
             parts += [f"<p>{escape(headline(label, data))}</p>", _table(HEADER, rows(data))]
             if examples := example_rows(data):
                 parts += [
-                    f"<p>{escape(label)}: what the policy wrote on the held-out prompts whose gold fell most after its best (one completion each):</p>",
+                    f"<p>{escape(label)}: what the policy wrote on {escape(str(data.get('examples_of')))}"
+                    " (one completion each):</p>",
                     _table(EXAMPLE_HEADER, examples, numeric_from=3),
                 ]
         plot = plot_overoptimisation(curves)

@@ -61,6 +61,12 @@ def read_curve(stage_dir: Path | None) -> dict[str, Any] | None:
     chosen = [("start", steps[0]), ("gold's best", best), ("gold's lowest after its best", lowest)]
     chosen += [("last", steps[-1])]
     data["examples"] = read_examples(stage_dir / HELDOUT_SAMPLES, chosen, names["gold"], names["proxy"])
+    # Which prompts the examples are: chosen by their fall where the gold has a point after its best.
+    data["examples_of"] = (
+        "the held-out prompts whose gold fell most after its best"
+        if lowest is not None
+        else "the first held-out prompts (no evaluation after the gold's best)"
+    )
     return data
 
 

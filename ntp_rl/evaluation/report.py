@@ -467,7 +467,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             if examples := example_rows(data):
                 lines += [
                     "",
-                    f"{label}: what the policy wrote on the held-out prompts whose gold fell most after its best (one completion each):",
+                    f"{label}: what the policy wrote on {data.get('examples_of')} (one completion each):",
                     "",
                 ]
                 lines += ["| " + " | ".join(EXAMPLE_HEADER) + " |", "|---" * len(EXAMPLE_HEADER) + "|"]
