@@ -10,10 +10,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000  # enough for stable 95 % percentile intervals at 2 decimals
+
+
+def finite_number(value: Any) -> bool:
+    """A real int or float that is neither NaN nor infinite (a logged metric worth using)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:

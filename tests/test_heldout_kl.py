@@ -88,7 +88,8 @@ def test_heldout_rows_file_keeps_the_first_evaluation_of_a_step(tmp_path):
     metrics.jsonl; a line cut short by an interruption is skipped when read back."""
     from types import SimpleNamespace
 
-    from ntp_rl.stages.heldout_kl import HeldoutKl, last_step_in, read_heldout_rows
+    from ntp_rl.evaluation.overoptimisation_curve import read_heldout_rows
+    from ntp_rl.stages.heldout_kl import HeldoutKl, last_step_in
 
     path = tmp_path / "heldout_samples.jsonl"
     trainer = HeldoutKl.__new__(HeldoutKl)  # only the writer's state, no TRL trainer behind it

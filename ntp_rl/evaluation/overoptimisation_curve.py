@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ntp_rl.stats import finite_number
+
 STAGE_RESULTS = "COMPLETE"  # a finished stage's results (stages/common.py writes it)
 HELDOUT_SAMPLES = (
     "heldout_samples.jsonl"  # every held-out completion, scored (stages/heldout_kl.py writes it)
@@ -56,7 +58,9 @@ def read_curve(stage_dir: Path | None) -> dict[str, Any] | None:
     curve = heldout["curve"]
     steps = [p.get("step") for p in curve]
     best = data.get("peak_step")
-    after = [p for p in curve if best is not None and p.get("step", 0) > best and _finite(p.get("gold"))]
+    after = [
+        p for p in curve if best is not None and p.get("step", 0) > best and finite_number(p.get("gold"))
+    ]
     lowest = min(after, key=lambda p: p["gold"])["step"] if after else None
     chosen = [("start", steps[0]), ("gold's best", best), ("gold's lowest after its best", lowest)]
     chosen += [("last", steps[-1])]
@@ -70,8 +74,22 @@ def read_curve(stage_dir: Path | None) -> dict[str, Any] | None:
     return data
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and value == value
+def read_heldout_rows(path: Path, until_step: int) -> dict[int, list[dict[str, Any]]]:
+    """The rows of `heldout_samples.jsonl` (stages/heldout_kl.py writes them) per evaluation step, up
+    to `until_step`, in the file's order; {} without the file. A line cut short by an interruption
+    is skipped."""
+    rows: dict[int, list[dict[str, Any]]] = {}
+    if not path.is_file():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and step <= until_step:
+            rows.setdefault(step, []).append(record)
+    return rows
 
 
 def read_examples(path: Path, chosen: list[tuple[str, Any]], gold: Any, proxy: Any) -> list[dict[str, Any]]:
@@ -83,23 +101,16 @@ def read_examples(path: Path, chosen: list[tuple[str, Any]], gold: Any, proxy: A
     """
     from ntp_rl.rewards.completions import completion_text
 
-    wanted = {step for _, step in chosen if step is not None}
+    wanted = {step for _, step in chosen if isinstance(step, int)}
+    recorded = read_heldout_rows(path, max(wanted)) if wanted else {}
     by_step: dict[Any, dict[str, list[dict[str, Any]]]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by an interruption
-        if isinstance(row, dict) and row.get("step") in wanted:
-            by_step.setdefault(row["step"], {}).setdefault(str(row.get("prompt")), []).append(row)
+    for step in wanted & recorded.keys():
+        for row in recorded[step]:
+            by_step.setdefault(step, {}).setdefault(str(row.get("prompt")), []).append(row)
 
     def mean_gold(step: Any, prompt: str) -> float | None:
         scores = [(r.get("rewards") or {}).get(gold) for r in by_step.get(step, {}).get(prompt, [])]
-        scores = [v for v in scores if _finite(v)]
+        scores = [v for v in scores if finite_number(v)]
         return sum(scores) / len(scores) if scores else None
 
     best_step = chosen[1][1]

@@ -41,14 +41,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ntp_rl.evaluation.overoptimisation_curve import HELDOUT_SAMPLES
-
 logger = logging.getLogger(__name__)
 
 REFERENCE_ADAPTER = "ref"  # TRL's name for the frozen copy of the adapter the policy started from
 KL_PROBE_BETA = 1e-12  # nonzero: TRL computes the KL; tiny: what it adds to the eval loss is nothing
-# In the rl stage's folder: every held-out completion, scored (the eval report reads it too).
-HELDOUT_ROWS_FILE = HELDOUT_SAMPLES
 
 
 def kl_estimator(algorithm: str) -> str:
@@ -161,22 +157,6 @@ def last_step_in(path: Path) -> int:
         if isinstance(step, int):
             return step
     return -1
-
-
-def read_heldout_rows(path: Path, until_step: int) -> dict[int, list[dict[str, Any]]]:
-    """The rows `HeldoutKl` wrote, per evaluation step up to `until_step` (a resumed run's checkpoint)."""
-    rows: dict[int, list[dict[str, Any]]] = {}
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        step = record.get("step") if isinstance(record, dict) else None
-        if isinstance(step, int) and step <= until_step:
-            rows.setdefault(step, []).append(record)
-    return rows
 
 
 def prompt_text(prompt: Any) -> str:

@@ -65,8 +65,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ntp_rl.evaluation.overoptimisation_curve import read_heldout_rows
 from ntp_rl.rewards.learned import RAW_MEAN_SUFFIX, RAW_STD_SUFFIX
-from ntp_rl.stages.heldout_kl import read_heldout_rows
+from ntp_rl.stats import finite_number
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,6 @@ DEFAULT_MIN_T = 3.0  # t statistic each slope must clear
 HELDOUT_MIN_Z = 3.0  # combined standard errors by which the held-out gold must fall below its best
 INTERVAL_Z = 1.96  # the curve's intervals: normal 95 % intervals of each held-out mean
 PAIRED_MIN_PROMPTS = 6  # fewer held-out prompts: the means are compared unpaired (t_quantile's range)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def slope_t(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -134,7 +131,7 @@ def prompt_means(rows: Sequence[dict[str, Any]], name: str) -> PromptMeans | Non
     scores: dict[str, list[float]] = {}
     for row in rows:
         value = (row.get("rewards") or {}).get(name)
-        if _finite(value):
+        if finite_number(value):
             scores.setdefault(str(row.get("prompt")), []).append(float(value))
     return {prompt: sum(values) / len(values) for prompt, values in scores.items()} or None
 
@@ -192,7 +189,7 @@ def change_beyond_noise(
     if pair is not None:
         change, standard_error, prompts = pair
         return change, standard_error, t_quantile(min_z, prompts - 1), prompts
-    if samples < 2 or not (_finite(stds[earlier]) and _finite(stds[-1])):
+    if samples < 2 or not (finite_number(stds[earlier]) and finite_number(stds[-1])):
         return None
     standard_error = math.sqrt((stds[earlier] ** 2 + stds[-1] ** 2) / samples)
     return values[-1] - values[earlier], standard_error, min_z, None
@@ -326,7 +323,7 @@ class OveroptimisationMonitor(TrainerCallback):
         )
         gold = logs.get(f"eval_rewards/{self.gold}/mean")
         gold_std = logs.get(f"eval_rewards/{self.gold}/std", 0.0)
-        if not all(_finite(v) for v in (proxy, gold, gold_std)):
+        if not all(finite_number(v) for v in (proxy, gold, gold_std)):
             return
         kl = logs.get("eval_kl")
         h = self.heldout
@@ -335,8 +332,8 @@ class OveroptimisationMonitor(TrainerCallback):
         h["step"].append(int(step))
         for key, value in (("gold", gold), ("gold_std", gold_std), ("proxy", proxy)):
             h[key].append(float(value))
-        h["proxy_std"].append(float(proxy_std) if _finite(proxy_std) else None)
-        h["kl"].append(float(kl) if _finite(kl) else None)
+        h["proxy_std"].append(float(proxy_std) if finite_number(proxy_std) else None)
+        h["kl"].append(float(kl) if finite_number(kl) else None)
         rows = self._heldout_rows(int(step))
         self.by_prompt["gold"].append(prompt_means(rows, self.gold) if rows else None)
         # A normalised reward model's per-completion values are not its raw scores: unpaired.

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from ntp_rl.config import Recipe, RewardModelStage, RlStage, SftStage, build_dataclass
 from ntp_rl.data import load_rows, to_prompt_format
 from ntp_rl.errors import UserError
+from ntp_rl.evaluation.overoptimisation_curve import HELDOUT_SAMPLES
 from ntp_rl.models import load_causal_lm, load_tokenizer
 from ntp_rl.stages.common import (
     ADAPTER_DIR,
@@ -30,7 +31,7 @@ from ntp_rl.stages.common import (
     last_checkpoint,
     stage_callbacks,
 )
-from ntp_rl.stages.heldout_kl import HELDOUT_ROWS_FILE, kl_estimator, prompt_text, with_heldout_kl
+from ntp_rl.stages.heldout_kl import kl_estimator, prompt_text, with_heldout_kl
 from ntp_rl.stages.overoptimisation import monitor_for
 
 logger = logging.getLogger(__name__)
@@ -405,7 +406,7 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[*callbacks, samples],
-        heldout_samples_path=ctx.stage_dir / HELDOUT_ROWS_FILE if eval_dataset is not None else None,
+        heldout_samples_path=ctx.stage_dir / HELDOUT_SAMPLES if eval_dataset is not None else None,
         skip_zero_advantage=stage.skip_zero_advantage,
         share_prompt_prefix=stage.share_prompt_prefix,
         fast_sampling=stage.fast_sampling,
@@ -416,7 +417,7 @@ def run_rl(ctx: StageContext, train) -> dict[str, Any]:
     resume = last_checkpoint(ctx.stage_dir, ctx.is_main_process)
     if monitor is not None and resume is not None:  # its series from before the interruption
         step = int(CHECKPOINT_PATTERN.match(Path(resume).name).group(1))
-        monitor.replay(ctx.stage_dir / METRICS_FILE, step, ctx.stage_dir / HELDOUT_ROWS_FILE)
+        monitor.replay(ctx.stage_dir / METRICS_FILE, step, ctx.stage_dir / HELDOUT_SAMPLES)
     with stop.catching_signals():
         train_output = trainer.train(resume_from_checkpoint=resume)
     stop.raise_if_stopped()  # a checkpoint was saved; the stage is not complete
