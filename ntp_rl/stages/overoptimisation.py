@@ -121,6 +121,7 @@ def detect_divergence(
 
 
 PromptMeans = dict[str, float]  # held-out prompt -> mean score of its completions at one evaluation
+Change = tuple[float, float, float, int | None]  # change_beyond_noise's (change, error, threshold, prompts)
 
 
 def prompt_means(rows: Sequence[dict[str, Any]], name: str) -> PromptMeans | None:
@@ -175,7 +176,7 @@ def change_beyond_noise(
     earlier: int,
     samples: int,
     min_z: float = HELDOUT_MIN_Z,
-) -> tuple[float, float, float, int | None] | None:
+) -> Change | None:
     """The last value's change since `earlier`: (change, standard error, threshold on change / error,
     prompts paired or None).
 
@@ -199,6 +200,26 @@ def _beyond(change: float, standard_error: float, threshold: float) -> bool:
     return change > threshold * standard_error
 
 
+def _fall_test(
+    gold: Sequence[float],
+    gold_std: Sequence[float],
+    proxy: Sequence[float],
+    samples: int,
+    min_z: float = HELDOUT_MIN_Z,
+    gold_by_prompt: Sequence[PromptMeans | None] | None = None,
+) -> tuple[int, Change] | None:
+    """`heldout_peak_fall`, with the test that decided it (for the monitor's record)."""
+    if len(gold) < 2:
+        return None
+    best = _best_earlier(gold)  # where the fall began
+    found = change_beyond_noise(gold, gold_std, gold_by_prompt, best, samples, min_z)
+    if found is None:
+        return None
+    change, standard_error, threshold, _ = found
+    fell = _beyond(-change, standard_error, threshold) and proxy[-1] >= proxy[best]
+    return (best, found) if fell else None
+
+
 def heldout_peak_fall(
     gold: Sequence[float],
     gold_std: Sequence[float],
@@ -213,14 +234,29 @@ def heldout_peak_fall(
     Not flagged when the proxy's last value is below its value at the gold's best: both falling is
     not the proxy being exploited.
     """
+    found = _fall_test(gold, gold_std, proxy, samples, min_z, gold_by_prompt)
+    return found[0] if found is not None else None
+
+
+def _stall_test(
+    gold: Sequence[float],
+    proxy: Sequence[float],
+    proxy_std: Sequence[float | None],
+    samples: int,
+    min_z: float = HELDOUT_MIN_Z,
+    proxy_by_prompt: Sequence[PromptMeans | None] | None = None,
+) -> tuple[int, Change] | None:
+    """`heldout_stall`, with the test that decided it (for the monitor's record)."""
     if len(gold) < 2:
         return None
-    best = _best_earlier(gold)  # where the fall began
-    found = change_beyond_noise(gold, gold_std, gold_by_prompt, best, samples, min_z)
+    best = _best_earlier(gold)
+    if gold[-1] > gold[best]:
+        return None
+    found = change_beyond_noise(proxy, proxy_std, proxy_by_prompt, best, samples, min_z)
     if found is None:
         return None
     change, standard_error, threshold, _ = found
-    return best if _beyond(-change, standard_error, threshold) and proxy[-1] >= proxy[best] else None
+    return (best, found) if _beyond(change, standard_error, threshold) else None
 
 
 def heldout_stall(
@@ -237,16 +273,8 @@ def heldout_stall(
     `change_beyond_noise` decides, paired by prompt where `proxy_by_prompt` has both evaluations;
     None where neither per-prompt means nor the proxy's spreads are known.
     """
-    if len(gold) < 2:
-        return None
-    best = _best_earlier(gold)
-    if gold[-1] > gold[best]:
-        return None
-    found = change_beyond_noise(proxy, proxy_std, proxy_by_prompt, best, samples, min_z)
-    if found is None:
-        return None
-    change, standard_error, threshold, _ = found
-    return best if _beyond(change, standard_error, threshold) else None
+    found = _stall_test(gold, proxy, proxy_std, samples, min_z, proxy_by_prompt)
+    return found[0] if found is not None else None
 
 
 def heldout_curve(heldout: dict[str, list[Any]], samples: int) -> list[dict[str, Any]]:
@@ -340,15 +368,16 @@ class OveroptimisationMonitor(TrainerCallback):
         self.by_prompt["proxy"].append(prompt_means(rows, self.proxy) if rows and not raw else None)
         warned = {w["kind"] for w in self.warnings}
         if "fall" not in warned:
-            peak = heldout_peak_fall(
+            fall = _fall_test(
                 h["gold"],
                 h["gold_std"],
                 h["proxy"],
                 self.heldout_samples,
                 gold_by_prompt=self.by_prompt["gold"],
             )
-            if peak is not None:
-                test = self._warn("fall", peak, int(step))
+            if fall is not None:
+                peak, found = fall
+                test = self._warn("fall", peak, int(step), found)
                 logger.warning(
                     "reward over-optimisation on held-out prompts: the gold reward %s fell from %.3f at step "
                     "%d (its best so far) to %.3f at step %d, %s, while the learned reward %s went from "
@@ -366,15 +395,16 @@ class OveroptimisationMonitor(TrainerCallback):
                 )
                 return  # a fall says more than a stall at the same evaluation
         if not warned:
-            peak = heldout_stall(
+            stall = _stall_test(
                 h["gold"],
                 h["proxy"],
                 h["proxy_std"],
                 self.heldout_samples,
                 proxy_by_prompt=self.by_prompt["proxy"],
             )
-            if peak is not None:
-                test = self._warn("stall", peak, int(step))
+            if stall is not None:
+                peak, found = stall
+                test = self._warn("stall", peak, int(step), found)
                 logger.warning(
                     "possible reward over-optimisation on held-out prompts: the learned reward %s rose from "
                     "%.3f at step %d to %.3f at step %d, %s, while the gold reward %s did not rise above "
@@ -395,13 +425,9 @@ class OveroptimisationMonitor(TrainerCallback):
                     h["step"][peak],
                 )
 
-    def _warn(self, kind: str, peak: int, step: int) -> str:
-        """Record a warning (with its test's statistic); return the test in words, for the log line."""
-        series, stds = ("gold", "gold_std") if kind == "fall" else ("proxy", "proxy_std")
-        found = change_beyond_noise(
-            self.heldout[series], self.heldout[stds], self.by_prompt[series], peak, self.heldout_samples
-        )
-        change, standard_error, threshold, prompts = found  # the test that warned found these
+    def _warn(self, kind: str, peak: int, step: int, found: Change) -> str:
+        """Record a warning with the test that gave it; return the test in words, for the log line."""
+        change, standard_error, threshold, prompts = found
         # No spread (every prompt, or every sample, changed alike): any change is beyond it; no t.
         statistic = change / standard_error if standard_error > 0 else None
         self.warnings.append(
