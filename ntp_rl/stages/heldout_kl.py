@@ -76,6 +76,8 @@ class HeldoutKl:
     Keyword arguments only (as the rl stage builds its trainer).
     """
 
+    _last_written_step: int | None = None  # the last evaluation step in heldout_samples_path
+
     def __init__(self, heldout_samples_path: Path | None = None, **kwargs: Any):
         from accelerate.utils import is_peft_model
 
@@ -138,11 +140,14 @@ class HeldoutKl:
             return
         step = self.state.global_step
         path = Path(self.heldout_samples_path)
-        if step <= last_step_in(path):
+        if self._last_written_step is None:  # what an interrupted run wrote: read once, then kept here
+            self._last_written_step = last_step_in(path)
+        if step <= self._last_written_step:
             return  # a resumed run evaluates again at its checkpoint's step: the first one stands
         with path.open("a", encoding="utf-8") as handle:
             for row in self.heldout_rows:
                 handle.write(json.dumps({"step": step, **row}, default=str) + "\n")
+        self._last_written_step = step
 
 
 def last_step_in(path: Path) -> int:
