@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 from types import SimpleNamespace
 
 from ntp_rl.evaluation.html import plot_overoptimisation, render_html
-from ntp_rl.evaluation.overoptimisation_curve import read_curve
+from ntp_rl.evaluation.overoptimisation_curve import headline, read_curve
 from ntp_rl.evaluation.report import render_markdown
 from ntp_rl.stages.overoptimisation import OveroptimisationMonitor
 
@@ -207,3 +207,19 @@ def test_examples_of_a_gold_that_never_fell_are_the_first_prompts(tmp_path):
     assert "what the policy wrote on the first held-out prompts (no evaluation after the gold's best)" in (
         render_markdown(_report({"rl": data}))
     )
+
+
+def test_the_headline_gives_the_golds_top_before_each_warning(tmp_path):
+    """The gold 0.52, 0.56, 0.60 at steps 15-25 (a 95 % difference is 1.96 * 0.49 * sqrt(2 / 256) =
+    0.085): a flat top; 0.48 at step 10 is below it."""
+    curve = read_curve(_stage(tmp_path))
+    assert [w["top_steps"] for w in curve["warnings"]] == [[15, 20, 25], [15, 20, 25, 30]]
+    text = headline("rl", curve)
+    assert (
+        "the gold no higher. The gold's top, the evaluations within the 95 % noise of that best (paired by "
+        "prompt where known): steps 15, 20, 25, the last of them 1 evaluation before the warning."
+    ) in text
+    # A record from before the top was kept reads as before.
+    for warning in curve["warnings"]:
+        del warning["top_steps"]
+    assert "top" not in headline("rl", curve)

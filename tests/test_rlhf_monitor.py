@@ -12,6 +12,7 @@ from ntp_rl.stages.overoptimisation import (
     HELDOUT_MIN_Z,
     OveroptimisationMonitor,
     detect_divergence,
+    gold_top,
     heldout_peak_fall,
     heldout_stall,
     monitor_for,
@@ -273,6 +274,9 @@ def test_a_plateau_before_the_fall_is_flagged_one_evaluation_after_the_peak(capl
     assert stall["paired_prompts"] is None and stall["threshold"] == HELDOUT_MIN_Z
     assert stall["statistic"] == pytest.approx((4.107 - 3.723) / math.sqrt((0.754**2 + 0.619**2) / 96))
     assert fall["statistic"] == pytest.approx((0.682 - 0.795) / math.sqrt((0.057**2 + 0.083**2) / 96))
+    # The gold's top before each warning: at the stall only its best had come; by the fall, 16 and 20
+    # too (0.795 - 0.778 is 1.93 combined standard errors, under 1.96).
+    assert stall["top_steps"] == [12] and fall["top_steps"] == [12, 16, 20]
     assert "did not rise above its best so far (0.795 at step 12; 0.789 now)" in caplog.text
     assert "3.9 combined standard errors of 96 samples each (threshold 3)" in caplog.text
     assert sum("held-out prompts" in r.message for r in caplog.records) == 2  # each kind once
@@ -366,6 +370,18 @@ def test_prompt_means_and_paired_change_by_hand():
     assert (change, prompts) == (2.0, 6)
     assert standard_error == pytest.approx(math.sqrt(4 / 5) / math.sqrt(6))  # spread sqrt(4/5)
     assert paired_change({p: 0.0 for p in "abcde"}, later) is None  # fewer than 6 prompts in common
+
+
+def test_gold_top_by_hand():
+    """Evaluations within the 95 % noise of the best, before the last (the one that warned)."""
+    # Unpaired: a 95 % difference is 1.96 * 0.2 * sqrt(2 / 24) = 0.113.
+    assert gold_top([0.5, 0.7, 0.68, 0.6], [0.2] * 4, None, best=1, samples=24) == [1, 2]
+    assert gold_top([0.69, 0.7, 0.5], [0.2] * 3, None, best=1, samples=24) == [0, 1]
+    # Paired: every prompt 0.02 lower at the third evaluation, no spread: below the best.
+    means = [{f"p{i}": v + 0.01 * i for i in range(6)} for v in (0.5, 0.7, 0.68, 0.6)]
+    assert gold_top([0.5, 0.7, 0.68, 0.6], [0.2] * 4, means, best=1, samples=24) == [1]
+    # An evaluation that cannot be compared (no spread, no per-prompt means) is left out.
+    assert gold_top([0.69, 0.7, 0.5], [None, 0.2, 0.2], None, best=1, samples=24) == [1]
 
 
 PROMPTS, PER_PROMPT = 24, 4

@@ -216,7 +216,8 @@ def headline(label: str, data: dict[str, Any]) -> str:
         since = f" ({_x(data, peak)}" + (
             f"; {later} evaluation{'s' if later != 1 else ''} earlier)" if later is not None else ")"
         )
-        test = _test_words(recorded[index] if index < len(recorded) else {}, data)
+        warning = recorded[index] if index < len(recorded) else {}
+        test = _test_words(warning, data)
         if kind == "fall":
             text += (
                 f" The monitor flagged a fall at {_x(data, at)}: the gold below its best so far{since} "
@@ -227,9 +228,23 @@ def headline(label: str, data: dict[str, Any]) -> str:
                 f" The monitor flagged a stall at {_x(data, at)}: the proxy up since the gold's best so "
                 f"far{since} {test}, the gold no higher."
             )
+        text += _top_words(warning.get("top_steps"), evaluations, at)
     if warnings[0][1] != data.get("peak_step"):
         text += " The gold later rose above the best the first warning referred to."
     return text
+
+
+def _top_words(top: Any, evaluations: list[Any], at: Any) -> str:
+    """The gold's top before a warning, where it was more than its best (older records have none): on
+    a flat top of several evaluations, the turn may have begun at any of them."""
+    if not isinstance(top, list) or len(top) < 2 or top[-1] not in evaluations or at not in evaluations:
+        return ""
+    later = evaluations.index(at) - evaluations.index(top[-1])
+    return (
+        f" The gold's top, the evaluations within the 95 % noise of that best (paired by prompt where "
+        f"known): steps {', '.join(str(s) for s in top)}, the last of them {later} evaluation"
+        f"{'s' if later != 1 else ''} before the warning."
+    )
 
 
 def _test_words(warning: dict[str, Any], data: dict[str, Any]) -> str:

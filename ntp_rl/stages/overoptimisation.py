@@ -76,6 +76,7 @@ DEFAULT_MIN_T = 3.0  # t statistic each slope must clear
 HELDOUT_MIN_Z = 3.0  # combined standard errors by which the held-out gold must fall below its best
 INTERVAL_Z = 1.96  # the curve's intervals: normal 95 % intervals of each held-out mean
 PAIRED_MIN_PROMPTS = 6  # fewer held-out prompts: the means are compared unpaired (t_quantile's range)
+TOP_Z = INTERVAL_Z  # the gold's top: evaluations not below its best beyond this (95 %, as the intervals)
 
 
 def slope_t(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -277,6 +278,43 @@ def heldout_stall(
     return found[0] if found is not None else None
 
 
+def gold_top(
+    gold: Sequence[float],
+    gold_std: Sequence[float],
+    by_prompt: Sequence[PromptMeans | None] | None,
+    best: int,
+    samples: int,
+    z: float = TOP_Z,
+) -> list[int]:
+    """Indices of the evaluations before the last whose gold is not below `gold[best]` beyond its
+    noise at `z` (`change_beyond_noise`, paired by prompt where both have per-prompt means).
+
+    A noisy gold seldom has one clear peak: a flat top of several evaluations, any of which could be
+    the best, is where the turn may have begun. An evaluation that cannot be compared is left out.
+    """
+    top = []
+    for i in range(len(gold) - 1):
+        if i == best:
+            top.append(i)
+            continue
+        later = max(i, best)
+        found = change_beyond_noise(
+            gold[: later + 1],
+            gold_std[: later + 1],
+            by_prompt[: later + 1] if by_prompt is not None else None,
+            min(i, best),
+            samples,
+            z,
+        )
+        if found is None:
+            continue
+        change, standard_error, threshold, _ = found
+        below = change if i < best else -change  # how far evaluation i is below the best
+        if not _beyond(below, standard_error, threshold):
+            top.append(i)
+    return top
+
+
 def heldout_curve(heldout: dict[str, list[Any]], samples: int) -> list[dict[str, Any]]:
     """Per held-out evaluation: step, KL and sqrt(KL), gold and proxy means with 95 % interval half-widths.
 
@@ -430,14 +468,18 @@ class OveroptimisationMonitor(TrainerCallback):
         change, standard_error, threshold, prompts = found
         # No spread (every prompt, or every sample, changed alike): any change is beyond it; no t.
         statistic = change / standard_error if standard_error > 0 else None
+        h = self.heldout
+        top = gold_top(h["gold"], h["gold_std"], self.by_prompt["gold"], peak, self.heldout_samples)
         self.warnings.append(
             {
                 "kind": kind,
-                "peak_step": self.heldout["step"][peak],
+                "peak_step": h["step"][peak],
                 "at_step": step,
                 "statistic": statistic,
                 "threshold": threshold,
                 "paired_prompts": prompts,
+                # The evaluations before this one whose gold was within its noise of that best.
+                "top_steps": [h["step"][i] for i in top],
             }
         )
         if statistic is None:
