@@ -285,7 +285,7 @@ def test_a_plateau_before_the_fall_is_flagged_one_evaluation_after_the_peak(capl
         "over-optimisation (stall, held-out) at step 16: the proxy reward_model rose 3.723 -> 4.107, the "
         "gold review_warmth not above its best (0.795 at step 12; 0.789 now)",
         "over-optimisation (fall, held-out) at step 24: the gold review_warmth fell below its best beyond "
-        "its noise (0.795 at step 12; 0.682 now)",
+        "its noise (0.795 at step 12; 0.682 now; the gold's top, within its noise: steps 12, 16, 20)",
     ]
     assert OveroptimisationMonitor("reward_model", "review_warmth", heldout_samples=96).summary() is None
 

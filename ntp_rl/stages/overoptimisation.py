@@ -583,9 +583,15 @@ class OveroptimisationMonitor(TrainerCallback):
                     if warning["kind"] == "stall"
                     else f"the gold {self.gold} fell below its best beyond its noise"
                 )
+                top = warning.get("top_steps") or []
+                flat = (
+                    f"; the gold's top, within its noise: steps {', '.join(map(str, top))}"
+                    if len(top) > 1
+                    else ""
+                )
                 lines.append(
                     f"over-optimisation ({warning['kind']}, held-out) at step {warning['at_step']}: {what} "
-                    f"({h['gold'][best]:.3f} at step {warning['peak_step']}; {h['gold'][at]:.3f} now)"
+                    f"({h['gold'][best]:.3f} at step {warning['peak_step']}; {h['gold'][at]:.3f} now{flat})"
                 )
         if self.since_step is not None:
             lines.append(
