@@ -177,24 +177,25 @@ def change_beyond_noise(
     earlier: int,
     samples: int,
     min_z: float = HELDOUT_MIN_Z,
+    later: int = -1,
 ) -> Change | None:
-    """The last value's change since `earlier`: (change, standard error, threshold on change / error,
-    prompts paired or None).
+    """The change of value `later` (the last, by default) since `earlier`: (change, standard error,
+    threshold on change / error, prompts paired or None).
 
     Paired by prompt where both evaluations have per-prompt means (threshold: Student's t at min_z's
     normal tail), else the difference of the two means with the combined standard error
-    sqrt((std_earlier^2 + std_last^2) / samples) (threshold min_z). None where neither is known.
+    sqrt((std_earlier^2 + std_later^2) / samples) (threshold min_z). None where neither is known.
     """
     pair = None
-    if by_prompt is not None and by_prompt[earlier] is not None and by_prompt[-1] is not None:
-        pair = paired_change(by_prompt[earlier], by_prompt[-1])
+    if by_prompt is not None and by_prompt[earlier] is not None and by_prompt[later] is not None:
+        pair = paired_change(by_prompt[earlier], by_prompt[later])
     if pair is not None:
         change, standard_error, prompts = pair
         return change, standard_error, t_quantile(min_z, prompts - 1), prompts
-    if samples < 2 or not (finite_number(stds[earlier]) and finite_number(stds[-1])):
+    if samples < 2 or not (finite_number(stds[earlier]) and finite_number(stds[later])):
         return None
-    standard_error = math.sqrt((stds[earlier] ** 2 + stds[-1] ** 2) / samples)
-    return values[-1] - values[earlier], standard_error, min_z, None
+    standard_error = math.sqrt((stds[earlier] ** 2 + stds[later] ** 2) / samples)
+    return values[later] - values[earlier], standard_error, min_z, None
 
 
 def _beyond(change: float, standard_error: float, threshold: float) -> bool:
@@ -297,15 +298,7 @@ def gold_top(
         if i == best:
             top.append(i)
             continue
-        later = max(i, best)
-        found = change_beyond_noise(
-            gold[: later + 1],
-            gold_std[: later + 1],
-            by_prompt[: later + 1] if by_prompt is not None else None,
-            min(i, best),
-            samples,
-            z,
-        )
+        found = change_beyond_noise(gold, gold_std, by_prompt, min(i, best), samples, z, later=max(i, best))
         if found is None:
             continue
         change, standard_error, threshold, _ = found
