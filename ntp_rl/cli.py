@@ -1,6 +1,6 @@
 """The `ntp-rl` command (also `python -m ntp_rl` and `accelerate launch -m ntp_rl`).
 
-    ntp-rl train RECIPE [key.path=value ...] [--stage NAME] [--new-run] [--smoke]
+    ntp-rl train RECIPE [key.path=value ...] [--stage NAME] [--new-run] [--smoke] [--reuse RUN]
     ntp-rl models pull [default|tiny]
     ntp-rl export runs/<name>/<stage> --out DIR
     ntp-rl rewards check RECIPE [key.path=value ...] [--stage NAME] [--model M] [--json PATH]
@@ -52,7 +52,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.output_dir:
         args.overrides.append(f"run.output_dir={args.output_dir}")
     recipe = load_recipe(recipe_path, args.overrides, smoke=args.smoke)
-    run_dir = run_pipeline(recipe, recipe_path, only_stage=args.stage, new_run=args.new_run, smoke=args.smoke)
+    run_dir = run_pipeline(
+        recipe,
+        recipe_path,
+        only_stage=args.stage,
+        new_run=args.new_run,
+        smoke=args.smoke,
+        reuse=Path(args.reuse) if args.reuse else None,
+    )
     _print_summary(run_dir)
     return 0
 
@@ -72,6 +79,8 @@ def _print_summary(run_dir: Path) -> None:
         timing = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
         peak = results.get("peak_rss_mib")
         timing += f", peak {peak / 1024:.1f} GiB" if isinstance(peak, (int, float)) else ""
+        if info.get("reused_from"):  # `--reuse`: the time and peak are the other run's
+            timing = f" (copied from {info['reused_from']}, where it ran{timing})"
         numbers = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
         print(f"  {name:<14} {info.get('status', '?'):<9}{timing}  {numbers}")
         summary = results.get("summary")
@@ -172,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--smoke", action="store_true", help="tiny model, a few steps: check a recipe in seconds"
+    )
+    train.add_argument(
+        "--reuse",
+        metavar="RUN",
+        help="copy the finished stages of another run folder whose recipe is the same up to them "
+        "(e.g. draw the rl stage again with another stages[i].seed against the same SFT and reward model)",
     )
     train.set_defaults(func=_cmd_train)
 

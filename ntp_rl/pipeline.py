@@ -27,11 +27,10 @@ from ntp_rl.config import EvalStage, Recipe, RewardModelStage, RlStage, SftStage
 from ntp_rl.dtypes import describe_choice, dtype_choice, use_dtype_choice
 from ntp_rl.errors import DiskFull, UserError, is_disk_full
 from ntp_rl.models import check_model_reference
+from ntp_rl.reuse import MANIFEST, copy_stages, plan_reuse
 from ntp_rl.stages.common import StageContext, StageRunner, read_completion, write_completion
 
 logger = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
 
 
 def _reset_peak_rss() -> bool:
@@ -236,6 +235,7 @@ def run_pipeline(
     only_stage: str | None = None,
     new_run: bool = False,
     smoke: bool = False,
+    reuse: Path | None = None,
 ) -> Path:
     import torch
     from accelerate import PartialState
@@ -265,7 +265,16 @@ def run_pipeline(
 
     _on_main_process(state, claim_run_folder)
     try:
-        return _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype)
+        reused: list[str] = []
+        if reuse is not None:  # checked before the run folder gets anything
+
+            def plan() -> None:
+                reused.extend(plan_reuse(recipe, run_dir, reuse, dtype["resolved"], smoke))
+
+            _on_main_process(state, plan)
+        return _run_stages(
+            recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype, reuse, reused
+        )
     finally:
         if run_lock.is_locked:
             run_lock.release()
@@ -305,7 +314,9 @@ def _on_main_process(state, check) -> None:
         raise UserError(message[0])
 
 
-def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype) -> Path:
+def _run_stages(
+    recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype, reuse=None, reused=()
+) -> Path:
     from ntp_rl.models import resolve_model_path
 
     manifest = Manifest(run_dir, recipe, recipe_path, state.is_main_process, smoke)
@@ -322,6 +333,15 @@ def _run_stages(recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smo
     manifest.data["dtype"] = dtype
     manifest.save()
     logger.info("run folder: %s", run_dir)
+    if reuse is not None:  # the plan is the main process's: every rank meets it here
+        copied: list = []
+
+        def copy() -> None:
+            copied.extend(copy_stages(list(reused), run_dir, reuse))
+
+        _on_main_process(state, copy)  # the other ranks wait, then find the copies finished
+        for name, entry in copied:
+            manifest.update_stage(name, **entry)
 
     # Materialise the base model once, on the main process first (the cache is also lock-protected).
     with state.main_process_first():
