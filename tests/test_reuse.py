@@ -7,37 +7,15 @@ import json
 
 from ntp_rl.cli import main
 from ntp_rl.reuse import first_difference
-from tests.conftest import REPO
-
-PLUGIN = str(REPO / "tests" / "plugins" / "length_reward.py") + ":completion_length"
+from tests.test_rl_stage import _recipe as rl_recipe
 
 
 def _recipe() -> dict:
-    return {
-        "run": {"name": "draw"},
-        "model": {"name_or_path": "tiny", "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}},
-        "data": {"arithmetic": {"num_train": 16, "num_test": 4}},
-        "stages": [
-            {
-                "kind": "sft",
-                "eval_examples": 0,
-                "trainer": {"max_steps": 2, "per_device_train_batch_size": 2, "warmup_steps": 0},
-            },
-            {
-                "kind": "rl",
-                "algorithm": "grpo",
-                "rewards": [{"path": PLUGIN, "weight": 1.0}],
-                "trainer": {
-                    "max_steps": 1,
-                    "per_device_train_batch_size": 4,
-                    "num_generations": 4,
-                    "max_completion_length": 8,
-                    "learning_rate": 1e-2,
-                    "save_steps": 100,
-                },
-            },
-        ],
-    }
+    """test_rl_stage's SFT -> GRPO recipe on the tiny model, in a run named `draw`."""
+    recipe = rl_recipe("grpo")
+    recipe["run"]["name"] = "draw"
+    recipe["stages"][1]["trainer"]["max_steps"] = 1
+    return recipe
 
 
 def _digest(folder) -> dict[str, str]:
