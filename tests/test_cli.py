@@ -93,6 +93,15 @@ def test_two_processes_train_data_parallel(tmp_path, tiny_model_path):
     # Effective batch = 2 processes x per_device_train_batch_size 2 = 4 rows of the 16: 0.25 epoch a step.
     assert train_steps[0]["epoch"] == pytest.approx(4 / 16)
 
+    # The rl stage drawn again from the same SFT stage (`--reuse`): rank 0 copies, rank 1 waits for it.
+    again = [*cmd, "--new-run", "stages[1].seed=3", "--reuse", str(run)]
+    proc = subprocess.run(again, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "quickstart-smoke-2" / "manifest.json").read_text())
+    assert manifest["stages"]["sft"]["reused_from"] == str(run / "sft")
+    assert manifest["world_size"] == 2 and "reused_from" not in manifest["stages"]["rl"]
+    assert all(stage["status"] == "complete" for stage in manifest["stages"].values())
+
 
 def test_overrides_may_follow_flags(tmp_path, capsys):
     from ntp_rl.cli import main
