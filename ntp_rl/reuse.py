@@ -127,9 +127,8 @@ def plan_reuse(recipe: Recipe, run_dir: Path, source: Path, dtype: str, smoke: b
         if read_completion(run_dir / name) is not None:
             continue
         reason = why_not(source_manifest, config, index, name, dtype, smoke, source)
-        if (
-            reason is None and (run_dir / name).exists()
-        ):  # an interrupted attempt: its checkpoints are its own
+        if reason is None and (run_dir / name).exists():
+            # An interrupted attempt of this stage: its checkpoints are this run's own.
             reason = f"stage {name} has started in {run_dir} already"
         if reason is not None:
             break
