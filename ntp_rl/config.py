@@ -442,21 +442,31 @@ class Recipe(StrictModel):
 
     def config_hash(self) -> str:
         """Hash of what the run computes; where its folder lives (run.output_dir) is not part of it."""
-        config = self.model_dump(mode="json")
+        config = without_later_defaults(self.model_dump(mode="json"))
         config["run"].pop("output_dir", None)
-        for key, default in MODEL_ADDED_LATER.items():
-            if config["model"].get(key, default) == default:
-                config["model"].pop(key, None)
-        for stage in config["stages"]:
-            for key, default in ADDED_LATER.get(stage["kind"], {}).items():
-                if key in stage and stage[key] == default:
-                    del stage[key]
-            pairs = stage.get("policy_pairs")
-            for key, default in POLICY_PAIRS_ADDED_LATER.items():
-                if isinstance(pairs, dict) and key in pairs and pairs[key] == default:
-                    del pairs[key]
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def without_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A dumped recipe (`Recipe.model_dump(mode="json")`, or a manifest's `config`) without the keys
+    added in later versions where they hold their defaults, so that a run made before a key existed
+    reads as the same config. Changes `config` in place and returns it.
+    """
+    model = config.get("model")
+    if isinstance(model, dict):
+        for key, default in MODEL_ADDED_LATER.items():
+            if model.get(key, default) == default:
+                model.pop(key, None)
+    for stage in config.get("stages", []):
+        for key, default in ADDED_LATER.get(stage["kind"], {}).items():
+            if key in stage and stage[key] == default:
+                del stage[key]
+        pairs = stage.get("policy_pairs")
+        for key, default in POLICY_PAIRS_ADDED_LATER.items():
+            if isinstance(pairs, dict) and key in pairs and pairs[key] == default:
+                del pairs[key]
+    return config
 
 
 # --------------------------------------------------------------------------------------------

@@ -265,15 +265,14 @@ def run_pipeline(
 
     _on_main_process(state, claim_run_folder)
     try:
-        reused: list[str] = []
+        plan: list | None = None  # `--reuse`: the stages to copy, planned on the main process only
         if reuse is not None:  # checked before the run folder gets anything
-
-            def plan() -> None:
-                reused.extend(plan_reuse(recipe, run_dir, reuse, dtype["resolved"], smoke))
-
-            _on_main_process(state, plan)
+            plan = []
+            _on_main_process(
+                state, lambda: plan.extend(plan_reuse(recipe, run_dir, reuse, dtype["resolved"], smoke))
+            )
         return _run_stages(
-            recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype, reuse, reused
+            recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype, plan
         )
     finally:
         if run_lock.is_locked:
@@ -315,7 +314,7 @@ def _on_main_process(state, check) -> None:
 
 
 def _run_stages(
-    recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype, reuse=None, reused=()
+    recipe, recipe_path, recipe_dir, run_dir, state, only_stage, smoke, runners, dtype, reuse_plan=None
 ) -> Path:
     from ntp_rl.models import resolve_model_path
 
@@ -333,14 +332,9 @@ def _run_stages(
     manifest.data["dtype"] = dtype
     manifest.save()
     logger.info("run folder: %s", run_dir)
-    if reuse is not None:  # the plan is the main process's: every rank meets it here
-        copied: list = []
-
-        def copy() -> None:
-            copied.extend(copy_stages(list(reused), run_dir, reuse))
-
-        _on_main_process(state, copy)  # the other ranks wait, then find the copies finished
-        for name, entry in copied:
+    if reuse_plan is not None:  # every rank meets here; the main process copies, the others wait
+        _on_main_process(state, lambda: copy_stages(reuse_plan, run_dir))
+        for name, entry in reuse_plan:  # empty but on the main process, the one that writes it
             manifest.update_stage(name, **entry)
 
     # Materialise the base model once, on the main process first (the cache is also lock-protected).

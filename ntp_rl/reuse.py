@@ -5,7 +5,8 @@ To draw a later stage again (the rl stage with another `stages[i].seed`, as #18'
 With `--reuse`, each stage of the new run, in order, is copied from the other run's folder when
 - that stage is finished there (its `COMPLETE` marker) and not yet in the new run's folder;
 - the recipe is the same up to and including it: `model`, `data`, `run` but its name and
-  output_dir, and every stage from the first to this one, key by key;
+  output_dir, and every stage from the first to this one, key by key (keys added in later versions
+  count as absent where they hold their defaults, as in the config hash);
 - both runs are smoke runs or neither, and the stage ran there in the dtype `model.dtype` resolves
   to here (`auto` can pick another on another machine).
 The first stage that fails a condition, and every stage after it, runs as usual. The copy keeps the
@@ -15,13 +16,14 @@ Stages find each other by their folder in the run (`run_dir / stage_name`), so a
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ntp_rl.config import Recipe
+from ntp_rl.config import Recipe, without_later_defaults
 from ntp_rl.errors import UserError
 from ntp_rl.stages.common import read_completion
 
@@ -87,7 +89,10 @@ def why_not(
     smoke: bool,
     source: Path,
 ) -> str | None:
-    """Why stage `index` (`name`) of `config` cannot be copied from the other run; None when it can."""
+    """Why stage `index` (`name`) of `config` cannot be copied from the other run; None when it can.
+
+    `config` and the other run's `config` are both `without_later_defaults`.
+    """
     stages = config["stages"]
     theirs = source_manifest["config"]
     if bool(source_manifest.get("smoke")) != smoke:
@@ -112,15 +117,19 @@ def why_not(
     return None
 
 
-def plan_reuse(recipe: Recipe, run_dir: Path, source: Path, dtype: str, smoke: bool) -> list[str]:
-    """The stages `--reuse` copies from `source` into `run_dir`, checked before anything is written.
+def plan_reuse(
+    recipe: Recipe, run_dir: Path, source: Path, dtype: str, smoke: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """The stages `--reuse` copies from `source` into `run_dir`, checked before anything is written:
+    (name, manifest entry: the other run's, with `reused_from`) of each.
 
     Stages already finished in `run_dir` stay as they are (a rerun of the same command). UserError
     when not one stage can come from `source` and none is finished here yet: the user asked for a copy.
     """
     source_manifest = read_source(source, run_dir)
-    config = recipe.model_dump(mode="json")
-    names: list[str] = []
+    source_manifest["config"] = without_later_defaults(copy.deepcopy(source_manifest["config"]))
+    config = without_later_defaults(recipe.model_dump(mode="json"))
+    plan: list[tuple[str, dict[str, Any]]] = []
     reason = None
     for index, stage in enumerate(recipe.stages):
         name = stage.stage_name
@@ -132,27 +141,22 @@ def plan_reuse(recipe: Recipe, run_dir: Path, source: Path, dtype: str, smoke: b
             reason = f"stage {name} has started in {run_dir} already"
         if reason is not None:
             break
-        names.append(name)
+        entry = dict(source_manifest.get("stages", {}).get(name) or {})
+        plan.append((name, {**entry, "reused_from": str(source / name)}))
     finished_here = any(read_completion(run_dir / s.stage_name) is not None for s in recipe.stages)
-    if not names and not finished_here:
+    if not plan and not finished_here:
         raise UserError(f"--reuse {source}: no stage can be copied: {reason}")
-    if reason is not None and names:
+    if reason is not None and plan:
         logger.info("--reuse: stage %s and the stages after it run here: %s", name, reason)
-    return names
+    return plan
 
 
-def copy_stages(names: list[str], run_dir: Path, source: Path) -> list[tuple[str, dict[str, Any]]]:
-    """Copy each named stage folder; returns (name, manifest entry: the other run's, with `reused_from`)."""
-    source_manifest = read_source(source, run_dir)
-    copied = []
-    for name in names:
+def copy_stages(plan: list[tuple[str, dict[str, Any]]], run_dir: Path) -> None:
+    """Copy each planned stage folder (`plan_reuse`) into `run_dir`, whole or not at all."""
+    for name, entry in plan:
         partial = run_dir / f".{name}.reusing"
         if partial.exists():
             shutil.rmtree(partial)  # a copy that was itself interrupted; never a stage's results
-        shutil.copytree(source / name, partial, symlinks=True)
+        shutil.copytree(entry["reused_from"], partial, symlinks=True)
         partial.rename(run_dir / name)
-        entry = dict(source_manifest.get("stages", {}).get(name) or {})
-        entry["reused_from"] = str(source / name)
-        copied.append((name, entry))
-        logger.info("stage %s: copied from %s (the same recipe up to it)", name, source / name)
-    return copied
+        logger.info("stage %s: copied from %s (the same recipe up to it)", name, entry["reused_from"])
