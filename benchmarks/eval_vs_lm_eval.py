@@ -12,7 +12,9 @@ Each side runs in its own subprocess. Two clocks, samples/s = completions / seco
 prompt greedy; `--samples k` per prompt sampled):
 - the whole command (imports, model load, generation, scoring, writing results): what a user waits for;
 - the eval call after imports: ntp-rl's `run_suite` (its report's `timing.seconds`) and lm-eval's
-  `simple_evaluate`, both including model load, data, generation, answer checks and metrics.
+  `simple_evaluate`, both including model load, data, generation, answer checks and metrics; on both
+  sides torch is imported before the clock starts (what `ntp-rl eval` loads before `run_suite`), the
+  rest of each side's imports (transformers, datasets, evaluate) fall inside it.
 Sides run alternately, `--repeats` times each; the summary takes the median. Accuracies are shown
 as a rough check only: the answer checks differ (ntp-rl's `math_accuracy` reads the `Answer:` line or,
 without one, lets math-verify find an answer in the reply's tail; the lm-eval task accepts only an
@@ -52,6 +54,7 @@ ANSWER_REGEX = r"Answer:\s*\$?(-?[\d,]+)"
 
 LM_EVAL_SCRIPT = """
 import json, sys, time
+import torch  # imported before the clock, as `ntp-rl eval` has torch loaded before `run_suite`'s
 import lm_eval
 from lm_eval.tasks import TaskManager
 args = json.loads(sys.argv[1])
