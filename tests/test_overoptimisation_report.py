@@ -223,3 +223,19 @@ def test_the_headline_gives_the_golds_top_before_each_warning(tmp_path):
     for warning in curve["warnings"]:
         del warning["top_steps"]
     assert "top" not in headline("rl", curve)
+
+
+def test_the_headline_says_whether_the_proxy_rose_throughout(tmp_path):
+    """The stage's proxy rises 0.5 an evaluation: no drop. A record with a drop names it; an older
+    record without `proxy_drops` says nothing of it."""
+    curve = read_curve(_stage(tmp_path))
+    assert curve["proxy_drops"] == []
+    assert "The proxy never fell below its best so far beyond its 95 % noise." in headline("rl", curve)
+    curve["proxy_drops"] = [{"step": 35, "best_step": 30, "change": -0.4}]
+    text = headline("rl", curve)
+    assert (
+        "The proxy fell below its best so far beyond its 95 % noise at step 35 (-0.400 from its best at step 30)."
+        in text
+    )
+    del curve["proxy_drops"]
+    assert "The proxy" not in headline("rl", curve)

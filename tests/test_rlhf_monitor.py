@@ -18,6 +18,7 @@ from ntp_rl.stages.overoptimisation import (
     monitor_for,
     paired_change,
     prompt_means,
+    proxy_drops,
     slope_t,
     t_quantile,
 )
@@ -382,6 +383,23 @@ def test_gold_top_by_hand():
     assert gold_top([0.5, 0.7, 0.68, 0.6], [0.2] * 4, means, best=1, samples=24) == [1]
     # An evaluation that cannot be compared (no spread, no per-prompt means) is left out.
     assert gold_top([0.69, 0.7, 0.5], [None, 0.2, 0.2], None, best=1, samples=24) == [1]
+
+
+def test_proxy_drops_by_hand():
+    """Evaluations whose proxy is below its best so far beyond its 95 % noise ("rising throughout")."""
+    steps = [0, 4, 8, 12]
+    # Unpaired: a 95 % difference is 1.96 * 0.2 * sqrt(2 / 24) = 0.113.
+    assert proxy_drops(steps, [0.0, 1.0, 0.9, 2.0], [0.2] * 4, None, samples=24) == []  # a dip in the noise
+    drops = proxy_drops(steps, [0.0, 1.0, 0.8, 0.95], [0.2] * 4, None, samples=24)
+    assert [(d["step"], d["best_step"]) for d in drops] == [(8, 4)]  # 0.95 is within the noise of 1.0
+    assert drops[0]["change"] == pytest.approx(-0.2)
+    # Paired: every prompt 0.02 lower at the third evaluation, no spread: a drop the means cannot show.
+    means = [{f"p{i}": v + 0.01 * i for i in range(6)} for v in (0.0, 1.0, 0.98, 2.0)]
+    drops = proxy_drops(steps, [0.0, 1.0, 0.98, 2.0], [0.2] * 4, means, samples=24)
+    assert [(d["step"], d["best_step"]) for d in drops] == [(8, 4)]
+    # An evaluation that cannot be compared (no spread, no per-prompt means) is left out.
+    assert proxy_drops(steps, [0.0, 1.0, 0.5, 2.0], [0.2, 0.2, None, 0.2], None, samples=24) == []
+    assert proxy_drops([0], [1.0], [0.2], None, samples=24) == []
 
 
 PROMPTS, PER_PROMPT = 24, 4

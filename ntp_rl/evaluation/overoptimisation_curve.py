@@ -37,6 +37,7 @@ CARRIED = (
     "flagged_at_step",
     "flagged_kind",
     "warnings",
+    "proxy_drops",
 )
 HEADER = ["step", "KL / token", "sqrt(KL)", "gold [95% CI]", "proxy [95% CI]", "mark"]
 
@@ -207,6 +208,7 @@ def headline(label: str, data: dict[str, Any]) -> str:
         f"each; intervals 95 %), against sqrt of the mean per-token KL from the policy to its start "
         f"({data.get('kl_estimator') or '-'} estimator). The gold's best: {_x(data, data.get('peak_step'))}."
     )
+    text += _proxy_words(data.get("proxy_drops"))
     warnings = warnings_of(data)
     if not warnings:
         return text + " The over-optimisation monitor did not warn."
@@ -232,6 +234,21 @@ def headline(label: str, data: dict[str, Any]) -> str:
     if warnings[0][1] != data.get("peak_step"):
         text += " The gold later rose above the best the first warning referred to."
     return text
+
+
+def _proxy_words(drops: Any) -> str:
+    """Whether the proxy rose throughout: its drops below its best so far beyond its 95 % noise (an
+    older record has none: nothing said)."""
+    if not isinstance(drops, list):
+        return ""
+    if not drops:
+        return " The proxy never fell below its best so far beyond its 95 % noise."
+    listed = "; ".join(
+        f"step {d.get('step')} ({_num(d.get('change'))} from its best at step {d.get('best_step')})"
+        for d in drops
+        if isinstance(d, dict)
+    )
+    return f" The proxy fell below its best so far beyond its 95 % noise at {listed}."
 
 
 def _top_words(top: Any, evaluations: list[Any], at: Any) -> str:

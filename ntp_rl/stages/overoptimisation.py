@@ -308,6 +308,35 @@ def gold_top(
     return top
 
 
+def proxy_drops(
+    steps: Sequence[int],
+    proxy: Sequence[float],
+    proxy_std: Sequence[float | None],
+    by_prompt: Sequence[PromptMeans | None] | None,
+    samples: int,
+    z: float = TOP_Z,
+) -> list[dict[str, Any]]:
+    """The evaluations at which the proxy was below its best so far beyond its noise at `z`.
+
+    Gao et al.'s picture has the proxy rising throughout while the gold turns; this says whether the
+    held-out proxy did, by the same test as the gold's top (`change_beyond_noise`, paired by prompt
+    where both evaluations have per-prompt means): one entry per evaluation whose proxy is below the
+    largest earlier one beyond its 95 % noise, with the step of that best and the change. An empty list
+    means no such drop, not that every evaluation was higher than the one before it (a dip within the
+    noise is no drop). Evaluations that cannot be compared (no spread, no per-prompt means) are left out.
+    """
+    drops = []
+    for i in range(1, len(proxy)):
+        best = _best_earlier(proxy[: i + 1])
+        found = change_beyond_noise(proxy, proxy_std, by_prompt, best, samples, z, later=i)
+        if found is None:
+            continue
+        change, standard_error, threshold, _ = found
+        if _beyond(-change, standard_error, threshold):
+            drops.append({"step": steps[i], "best_step": steps[best], "change": change})
+    return drops
+
+
 def heldout_curve(heldout: dict[str, list[Any]], samples: int) -> list[dict[str, Any]]:
     """Per held-out evaluation: step, KL and sqrt(KL), gold and proxy means with 95 % interval half-widths.
 
@@ -611,6 +640,15 @@ class OveroptimisationMonitor(TrainerCallback):
             # by prompt, with at least PAIRED_MIN_PROMPTS prompts.
             "per_prompt_scores": {k: any(m is not None for m in v) for k, v in self.by_prompt.items()},
             "min_z": HELDOUT_MIN_Z,
+            # Where the held-out proxy fell below its best so far beyond its 95 % noise: [] = it did
+            # not (the "proxy rising throughout" half of the over-optimisation picture).
+            "proxy_drops": proxy_drops(
+                self.heldout["step"],
+                self.heldout["proxy"],
+                self.heldout["proxy_std"],
+                self.by_prompt["proxy"],
+                self.heldout_samples,
+            ),
             "kl_estimator": self.kl_estimator,
             **self.heldout,
             "curve": heldout_curve(self.heldout, self.heldout_samples),
