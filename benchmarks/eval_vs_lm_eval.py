@@ -6,7 +6,9 @@ unless `--dtype bfloat16`, on CPU or the first GPU) run two ways:
 - ntp-rl: `ntp-rl eval --suite <suite> --model m=<model> --out <dir>` on a suite that reads the
   prompts file (greedy, or `--samples` at a temperature; no KL, no reference NLL, one scorer);
 - lm-eval: `lm_eval.simple_evaluate(model="hf", ...)` on a local task YAML over the same file
-  (`generate_until`, a regex filter for the `Answer: N` line, exact match against the gold).
+  (`generate_until`; its `process_results`, as lm-eval's own math tasks check answers with
+  math-verify, calls the answer check ntp-rl's `math_accuracy` scorer uses, `rewards.math.score_math_answer`,
+  so both sides do the same work and report the same accuracy).
 The prompts are the built-in arithmetic task's held-out problems, written to a local jsonl.
 Each side runs in its own subprocess. Two clocks, samples/s = completions / seconds for each (one per
 prompt greedy; `--samples k` per prompt sampled):
@@ -14,11 +16,13 @@ prompt greedy; `--samples k` per prompt sampled):
 - the eval call after imports: ntp-rl's `run_suite` (its report's `timing.seconds`) and lm-eval's
   `simple_evaluate`, both including model load, data, generation, answer checks and metrics; on both
   sides torch is imported before the clock starts (what `ntp-rl eval` loads before `run_suite`), the
-  rest of each side's imports (transformers, datasets, evaluate) fall inside it.
-Sides run alternately, `--repeats` times each; the summary takes the median. Accuracies are shown
-as a rough check only: the answer checks differ (ntp-rl's `math_accuracy` reads the `Answer:` line or,
-without one, lets math-verify find an answer in the reply's tail; the lm-eval task accepts only an
-`Answer: N` line), so a model that rarely writes that line scores lower on the lm-eval side.
+  rest of each side's imports (transformers, datasets, evaluate) fall inside it. lm-eval's
+  `TaskManager` reads only the benchmark's task folder (`include_defaults=False`): indexing its
+  thousands of built-in task files would add seconds (what its CLI pays on every run) that have
+  nothing to do with evaluating.
+Sides run alternately, `--repeats` times each; the summary takes the median. Both accuracies are
+printed: with the same prompts, decoding and answer check they agree up to the float round-off of
+another batch layout (greedy) or other random draws (sampled).
 
 Run (from the repository root, with lm-eval installed into the venv only for this script,
 `pip install lm-eval`; it is not a dependency of ntp-rl). The target is a ratio ntp-rl / lm-eval >= 2:
@@ -50,7 +54,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TASK_NAME = "ntp_rl_bench_arithmetic"
-ANSWER_REGEX = r"Answer:\s*\$?(-?[\d,]+)"
+# lm-eval's task module: its per-document `process_results` scores a reply with ntp-rl's answer check
+# (the `Answer:` line, else math-verify on the reply's tail), imported from the repository.
+TASK_UTILS = """
+from rewards.math import score_math_answer
+
+
+def process_results(doc, results):
+    return {"accuracy": float(score_math_answer(results[0], doc["answer"]).correct)}
+"""
 
 LM_EVAL_SCRIPT = """
 import json, sys, time
@@ -63,7 +75,7 @@ results = lm_eval.simple_evaluate(
     model="hf",
     model_args={"pretrained": args["model"], "dtype": args["dtype"], "device": args["device"]},
     tasks=[args["task"]],
-    task_manager=TaskManager(include_path=args["task_dir"]),
+    task_manager=TaskManager(include_path=args["task_dir"], include_defaults=False),
     batch_size=args["batch_size"],
     apply_chat_template=True,
     log_samples=False,
@@ -122,14 +134,12 @@ def write_task(folder: Path, prompts: Path, max_new_tokens: int, temperature: fl
         # delimiter "\n\n" as well.
         "generation_kwargs": {"max_gen_toks": max_new_tokens, "do_sample": temperature > 0,
                               "temperature": temperature, "until": []},
-        "filter_list": [
-            {"name": "answer_line", "filter": [{"function": "regex", "regex_pattern": ANSWER_REGEX},
-                                               {"function": "take_first"}]}
-        ],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
-                         "ignore_punctuation": True, "regexes_to_ignore": [","]}],
+        "metric_list": [{"metric": "accuracy", "aggregation": "mean", "higher_is_better": True}],
     }  # fmt: skip
-    (task_dir / f"{TASK_NAME}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    # `!function` is lm-eval's YAML tag for a callable of a module beside the task file.
+    text = yaml.safe_dump(task, sort_keys=False) + "process_results: !function utils.process_results\n"
+    (task_dir / f"{TASK_NAME}.yaml").write_text(text)
+    (task_dir / "utils.py").write_text(TASK_UTILS)
     return task_dir
 
 
@@ -169,14 +179,18 @@ def run_lm_eval(
             "device": "cuda" if torch.cuda.is_available() else "cpu", "dtype": dtype}  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", LM_EVAL_SCRIPT, json.dumps(args)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", LM_EVAL_SCRIPT, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,  # the task's `process_results` imports `rewards` from the repository
     )
     seconds = time.perf_counter() - started
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"lm-eval failed:\n{proc.stderr[-3000:]}")
     result = json.loads(line.removeprefix("RESULT "))
-    return seconds, float(result["phase_seconds"]), float(result["exact_match,answer_line"])
+    return seconds, float(result["phase_seconds"]), float(result["accuracy,none"])
 
 
 def main() -> None:
