@@ -3,11 +3,12 @@
 Prompts are chat-templated exactly as in training (`apply_chat_template(add_generation_prompt=True)`),
 sorted by length so batches carry little padding, padded between their common prefix and the rest
 (`prefix_aligned_batch`; left padding when they share none), and generated with transformers'
-`generate`, with three additions for speed that leave the decoding as it is: the n samples of a
+`generate`, with four additions for speed that leave the decoding as it is: the n samples of a
 prompt share one prefill, and the prompts of a batch one prefill of their common prefix, such as a
 chat template's system prompt (`shared_prompt_prefill`); rows that have finished leave the batch
 (`generate_evicting`); sampling draws one random number per row and step (`InverseCdfSampler`),
-not one per vocabulary entry. Sampling is seeded per batch, so a checkpoint's numbers do not depend
+not one per vocabulary entry; on a CPU the linear layers multiply by weights laid out once for
+oneDNN (`prepacked_linears`). Sampling is seeded per batch, so a checkpoint's numbers do not depend
 on what ran before it in the same process.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +102,89 @@ def merged_lora_weights(model):
             base.weight.data = original
             for adapter in active:
                 module.merged_adapters.remove(adapter)
+
+
+@contextlib.contextmanager
+def prepacked_linears(model):
+    """The `torch.nn.Linear` layers of a model on the CPU multiply by weights laid out once for oneDNN, inside.
+
+    On a CPU, `F.linear` hands every product its weight in the plain layout: oneDNN re-lays a bf16
+    weight out at each call, and a float32 product goes to a BLAS that on some CPUs runs well below
+    oneDNN. For the few rows of a decoding step that is most of a product's time. Here each weight is
+    reordered once (`torch.ops.mkldnn._reorder_linear_weight`, as inductor's frozen CPU graphs do) and
+    the layer calls oneDNN's `_linear_pointwise` on it: the same product (bf16: the same bits on the
+    machines measured; float32: the same up to rounding), faster (docs/LOG.md has the figures).
+    For inference only: a call autograd would need (grad enabled and an input or weight that requires
+    it) or an input of another dtype (autocast) runs `F.linear` as before. Layers with a `forward` of
+    their own (accelerate's hooks), weights off the CPU or of other dtypes than float32 and bfloat16,
+    and a torch whose oneDNN fails a first-use check are left as they are. The packed copies of the
+    weights live as long as the context.
+    """
+    import torch
+
+    swapped = []
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                weight = getattr(module, "weight", None)
+                if (
+                    type(module) is not torch.nn.Linear
+                    or "forward" in module.__dict__
+                    or weight is None
+                    or weight.device.type != "cpu"
+                    or not _prepacking_works(weight.dtype)
+                ):
+                    continue
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+                module.forward = _packed_forward(module, packed)
+                swapped.append(module)
+        yield model
+    finally:
+        for module in swapped:
+            del module.forward
+
+
+def _packed_forward(module, packed):
+    import torch
+
+    def forward(x):
+        if x.dtype != packed.dtype or (
+            torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad)
+        ):
+            return torch.nn.functional.linear(x, module.weight, module.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+
+    return forward
+
+
+@functools.cache
+def _prepacking_works(dtype) -> bool:
+    """Whether oneDNN's packed linear runs here in `dtype` and agrees with `F.linear` (once per dtype)."""
+    import torch
+
+    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(48, 40, generator=generator).to(dtype)
+        bias = torch.randn(48, generator=generator).to(dtype)
+        x = torch.randn(3, 5, 40, generator=generator).to(dtype)
+        with torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+            got = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+            want = torch.nn.functional.linear(x, weight, bias)
+        tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
+        works = got.shape == want.shape and torch.allclose(
+            got.float(), want.float(), rtol=tolerance, atol=tolerance
+        )
+    except (RuntimeError, AttributeError, TypeError) as exc:
+        logger.info("oneDNN's packed linear is not available here (%s); generation uses F.linear", exc)
+        return False
+    if not works:
+        logger.warning(
+            "oneDNN's packed linear disagrees with F.linear in %s here; generation uses F.linear", dtype
+        )
+    return works
 
 
 def cache_keyword(model) -> str:
@@ -431,46 +516,47 @@ def generate(
     if getattr(model.generation_config, "eos_token_id", None) is not None:
         extra = model.generation_config.eos_token_id
         eos_ids |= set(extra if isinstance(extra, list) else [extra])
-    results: list[Generation | None] = [None] * len(encoded)
     # Fewer prompts per batch when each carries several samples, to keep the batch of sequences constant.
     prompts_per_batch = max(1, batch_size // decoding.num_samples)
     device = next(model.parameters()).device
+    results: list[Generation | None] = [None] * len(encoded)
     was_training = model.training
     model.eval()
-    for batch_index, start in enumerate(range(0, len(order), prompts_per_batch)):
-        rows = order[start : start + prompts_per_batch]
-        input_ids, attention = prefix_aligned_batch([encoded[i] for i in rows], pad_id)
-        torch.manual_seed(decoding.seed * 100_003 + batch_index)
-        kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if not decoding.greedy:
-            kwargs = sampling_processors(decoding.temperature, decoding.top_p)
-        samples = decoding.num_samples
-        # Each prompt's samples as rows of their own, as `num_return_sequences` would expand them (the
-        # same rows, so the same random draws); each prompt is prefilled once for all of them, and the
-        # prompts' common prefix once for the batch.
-        with torch.inference_mode(), shared_prompt_prefill(model):
-            completions = generate_evicting(
-                model,
-                input_ids.repeat_interleave(samples, dim=0).to(device),
-                attention.repeat_interleave(samples, dim=0).to(device),
-                decoding.max_new_tokens,
-                eos_ids,
-                pad_id,
-                **kwargs,
-            ).cpu()
-        for r, i in enumerate(rows):
-            texts, lengths, truncated, token_ids = [], [], [], []
-            for s in range(decoding.num_samples):
-                ids = completions[r * decoding.num_samples + s].tolist()
-                stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
-                kept = ids if stop is None else ids[: stop + 1]
-                texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
-                lengths.append(len(kept))
-                truncated.append(stop is None)
-                token_ids.append(kept)
-            results[i] = Generation(texts, lengths, truncated, token_ids)
-        if progress is not None:
-            progress(len(rows))
+    with prepacked_linears(model):  # one packing for every batch of the call
+        for batch_index, start in enumerate(range(0, len(order), prompts_per_batch)):
+            rows = order[start : start + prompts_per_batch]
+            input_ids, attention = prefix_aligned_batch([encoded[i] for i in rows], pad_id)
+            torch.manual_seed(decoding.seed * 100_003 + batch_index)
+            kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            if not decoding.greedy:
+                kwargs = sampling_processors(decoding.temperature, decoding.top_p)
+            samples = decoding.num_samples
+            # Each prompt's samples as rows of their own, as `num_return_sequences` would expand them (the
+            # same rows, so the same random draws); each prompt is prefilled once for all of them, and the
+            # prompts' common prefix once for the batch.
+            with torch.inference_mode(), shared_prompt_prefill(model):
+                completions = generate_evicting(
+                    model,
+                    input_ids.repeat_interleave(samples, dim=0).to(device),
+                    attention.repeat_interleave(samples, dim=0).to(device),
+                    decoding.max_new_tokens,
+                    eos_ids,
+                    pad_id,
+                    **kwargs,
+                ).cpu()
+            for r, i in enumerate(rows):
+                texts, lengths, truncated, token_ids = [], [], [], []
+                for s in range(decoding.num_samples):
+                    ids = completions[r * decoding.num_samples + s].tolist()
+                    stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+                    kept = ids if stop is None else ids[: stop + 1]
+                    texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+                    lengths.append(len(kept))
+                    truncated.append(stop is None)
+                    token_ids.append(kept)
+                results[i] = Generation(texts, lengths, truncated, token_ids)
+            if progress is not None:
+                progress(len(rows))
     if was_training:
         model.train()
     return results  # type: ignore[return-value]

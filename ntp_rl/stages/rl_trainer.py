@@ -32,7 +32,9 @@ distribution and the gradient of every step as TRL computes them, up to float ro
   adapter is folded into a fresh copy of each adapted weight, and the original tensors are put back
   afterwards, untouched (merging in place and unmerging again would leave rounding drift in the base
   weights after every step). The transient copies cost the adapted weights' memory once, during
-  generation only, when no training activations are held.
+  generation only, when no training activations are held. On a CPU the linear layers then multiply
+  by weights laid out once per generation for oneDNN (`ntp_rl.generation.prepacked_linears`): the
+  same products, faster, for a packed copy of the weights while generating.
 
 - **Sampling draws one random number per completion and token** (`ntp_rl.generation.InverseCdfSampler`),
   where `torch.multinomial` draws one per vocabulary entry: the same distribution at a fraction of
@@ -51,7 +53,13 @@ from typing import Any
 import torch
 import trl
 
-from ntp_rl.generation import cache_keyword, inverse_cdf_sampling, merged_lora_weights, shared_prompt_prefill
+from ntp_rl.generation import (
+    cache_keyword,
+    inverse_cdf_sampling,
+    merged_lora_weights,
+    prepacked_linears,
+    shared_prompt_prefill,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -363,6 +371,7 @@ class SkipZeroAdvantageMixin:
         policy = self.accelerator.unwrap_model(self.model)
         with contextlib.ExitStack() as stack:
             stack.enter_context(merged_lora_weights(policy))
+            stack.enter_context(prepacked_linears(policy))  # after merging: packs the merged weights
             if self.share_prompt_prefix:
                 stack.enter_context(shared_prompt_prefill(policy))
             if self.fast_sampling:
