@@ -164,17 +164,13 @@ def backward_flops(shape: dict[str, int], rows: list[tuple[int, int]]) -> float:
     return forward_flops(shape, rows) + 2 * shape["lora"] * tokens + attention_flops(shape, rows)
 
 
-def _packed_linear(x, packed):
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-
-
 def matmul_rate(model_path: str, dtype: str) -> float:
     """Best GFLOP/s of the model's own product shapes at `dtype`, with torch's threads (one timed burst)."""
     import torch.nn.functional as F
     from transformers import AutoConfig
 
     from ntp_rl.dtypes import round_gflops
-    from ntp_rl.generation import _prepacking_works
+    from ntp_rl.generation import _prepacking_works, pack_linear_weight, packed_linear
     from ntp_rl.models import torch_dtype
 
     config = AutoConfig.from_pretrained(model_path)
@@ -205,7 +201,7 @@ def matmul_rate(model_path: str, dtype: str) -> float:
         # Generation runs its linear layers on weights packed once for oneDNN (`prepacked_linears`),
         # faster than `F.linear` here; a bound must not be beaten by a kernel the step uses.
         cases += [
-            (_packed_linear, x, torch.ops.mkldnn._reorder_linear_weight(w, None), flops)
+            (packed_linear, x, pack_linear_weight(w), flops)
             for product, x, w, flops in list(cases)
             if product is F.linear
         ]

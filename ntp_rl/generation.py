@@ -126,17 +126,14 @@ def prepacked_linears(model):
     try:
         with torch.no_grad():
             for module in model.modules():
-                weight = getattr(module, "weight", None)
                 if (
                     type(module) is not torch.nn.Linear
                     or "forward" in module.__dict__
-                    or weight is None
-                    or weight.device.type != "cpu"
-                    or not _prepacking_works(weight.dtype)
+                    or module.weight.device.type != "cpu"
+                    or not _prepacking_works(module.weight.dtype)
                 ):
                     continue
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
-                module.forward = _packed_forward(module, packed)
+                module.forward = _packed_forward(module, pack_linear_weight(module.weight.detach()))
                 swapped.append(module)
         yield model
     finally:
@@ -152,9 +149,23 @@ def _packed_forward(module, packed):
             torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad)
         ):
             return torch.nn.functional.linear(x, module.weight, module.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+        return packed_linear(x, packed, module.bias)
 
     return forward
+
+
+def pack_linear_weight(weight):
+    """`weight` (out x in) laid out once for oneDNN's linear, for `packed_linear`."""
+    import torch
+
+    return torch.ops.mkldnn._reorder_linear_weight(weight, None)
+
+
+def packed_linear(x, packed, bias=None):
+    """`F.linear(x, weight, bias)` on a weight from `pack_linear_weight` (no autograd)."""
+    import torch
+
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 @functools.cache
@@ -170,8 +181,7 @@ def _prepacking_works(dtype) -> bool:
         bias = torch.randn(48, generator=generator).to(dtype)
         x = torch.randn(3, 5, 40, generator=generator).to(dtype)
         with torch.no_grad():
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-            got = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+            got = packed_linear(x, pack_linear_weight(weight), bias)
             want = torch.nn.functional.linear(x, weight, bias)
         tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
         works = got.shape == want.shape and torch.allclose(
